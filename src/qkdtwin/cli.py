@@ -11,15 +11,13 @@ import argparse
 import importlib
 import sys
 
+from qkdtwin.errors import UserError
+
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = (
     "qkdtwin.runtime.cli",      # validate, up, down, status, inventory, deploy
     "qkdtwin.quantum.cli",      # keyrate
 )
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
