@@ -1,0 +1,248 @@
+"""The MQTT bus between control elements and key managers.
+
+Topics follow DESIGN.md §5 under the prefix ``qkd/v1/``. Payloads are JSON objects that
+carry ``type``, ``session_id`` (where it applies) and ``ts``. The :class:`Bus` wraps a paho
+MQTT v5 client over TLS with client certificates and adds what every element needs:
+
+* subscriptions that survive reconnects (the broker may restart at any time),
+* handlers run on a worker pool, so a handler may itself make a request,
+* request/reply with MQTT v5 response topic and correlation data,
+* one-line event publishing on ``qkd/v1/events/<element>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+PREFIX = "qkd/v1"
+log = logging.getLogger("qkdtwin.bus")
+
+
+# --- topics -----------------------------------------------------------------------------
+
+def km_config(km: str) -> str:
+    return f"{PREFIX}/km/{km}/config"
+
+
+def km_delete(km: str) -> str:
+    return f"{PREFIX}/km/{km}/delete"
+
+
+ADMISSION_IN = f"{PREFIX}/admission/in"
+ACCESS_IN = f"{PREFIX}/access/in"
+ROUTING_IN = f"{PREFIX}/routing/in"
+TOPOLOGY = f"{PREFIX}/topology"
+
+
+def telemetry(node: str, link: str) -> str:
+    return f"{PREFIX}/telemetry/{node}/{link}"
+
+
+def alarm(link: str) -> str:
+    return f"{PREFIX}/alarm/{link}"
+
+
+def events(element: str) -> str:
+    return f"{PREFIX}/events/{element}"
+
+
+def reply_prefix(client: str) -> str:
+    return f"{PREFIX}/reply/{client}"
+
+
+# --- configuration -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where the broker is and which TLS identity to present (CN = MQTT username)."""
+
+    host: str
+    port: int = 8883
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BrokerConfig:
+        return cls(host=d["host"], port=int(d.get("port", 8883)), ca=d.get("ca"),
+                   cert=d.get("cert"), key=d.get("key"))
+
+
+class RequestTimeout(TimeoutError):
+    """No reply arrived in time for a request."""
+
+
+Handler = Callable[[str, dict[str, Any], "Message"], None]
+
+
+@dataclass
+class Message:
+    """A received message, with what a responder needs to answer it."""
+
+    topic: str
+    payload: dict[str, Any]
+    response_topic: str | None
+    correlation: bytes | None
+
+
+def now() -> float:
+    return time.time()
+
+
+class Bus:
+    """One element's connection to the broker."""
+
+    def __init__(self, broker: BrokerConfig, client_id: str, *, workers: int = 8) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self._subs: dict[str, tuple[Handler, int]] = {}
+        self._pending: dict[bytes, tuple[threading.Event, list]] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"bus-{client_id}")
+        self._reply_topic = reply_prefix(client_id)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                        client_id=f"{client_id}-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5)
+        if broker.ca:
+            c.tls_set(ca_certs=broker.ca, certfile=broker.cert, keyfile=broker.key,
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        c.reconnect_delay_set(min_delay=1, max_delay=5)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        self._client = c
+
+    # -- lifecycle --
+
+    def start(self, wait: float = 10.0) -> Bus:
+        """Connect in the background; wait up to ``wait`` seconds for the first connection."""
+        self._client.connect_async(self.broker.host, self.broker.port, keepalive=15)
+        self._client.loop_start()
+        if wait and not self._connected.wait(wait):
+            log.warning("broker %s:%s not reachable yet; retrying in the background",
+                        self.broker.host, self.broker.port)
+        return self
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused connection: %s", reason_code)
+            return
+        # Resubscribe everything: the broker may have restarted and lost our session.
+        topics = [(self._reply_topic + "/#", 1)] + [(t, q) for t, (_, q) in self._subs.items()]
+        client.subscribe(topics)
+        self._connected.set()
+        log.info("connected to broker %s:%s", self.broker.host, self.broker.port)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        log.warning("disconnected from broker (%s); reconnecting", reason_code)
+
+    # -- receiving --
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        self._subs[topic_filter] = (handler, qos)
+        if self._connected.is_set():
+            self._client.subscribe(topic_filter, qos)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        try:
+            payload = json.loads(msg.payload or b"{}")
+            if not isinstance(payload, dict):
+                raise ValueError("payload is not a JSON object")
+        except ValueError as exc:
+            log.warning("dropping malformed message on %s: %s", msg.topic, exc)
+            return
+        props = getattr(msg, "properties", None)
+        message = Message(
+            topic=msg.topic,
+            payload=payload,
+            response_topic=getattr(props, "ResponseTopic", None),
+            correlation=getattr(props, "CorrelationData", None),
+        )
+        if msg.topic.startswith(self._reply_topic + "/") and message.correlation:
+            with self._lock:
+                waiter = self._pending.get(message.correlation)
+            if waiter:
+                waiter[1].append(payload)
+                waiter[0].set()
+            return
+        for topic_filter, (handler, _) in list(self._subs.items()):
+            if mqtt.topic_matches_sub(topic_filter, msg.topic):
+                self._pool.submit(self._run_handler, handler, message)
+
+    def _run_handler(self, handler: Handler, message: Message) -> None:
+        try:
+            handler(message.topic, message.payload, message)
+        except Exception:  # a handler bug must not kill the element
+            log.exception("handler for %s failed", message.topic)
+
+    # -- sending --
+
+    def publish(self, topic: str, payload: dict[str, Any], *, retain: bool = False, qos: int = 1,
+                properties: Properties | None = None) -> None:
+        payload.setdefault("ts", now())
+        self._client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=qos,
+                             retain=retain, properties=properties)
+
+    def request(self, topic: str, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """Publish a request and wait for its reply (MQTT v5 request/response)."""
+        corr = uuid.uuid4().bytes
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = f"{self._reply_topic}/{uuid.uuid4().hex[:8]}"
+        props.CorrelationData = corr
+        done = threading.Event()
+        box: list = []
+        with self._lock:
+            self._pending[corr] = (done, box)
+        try:
+            self.publish(topic, payload, properties=props)
+            if not done.wait(timeout):
+                raise RequestTimeout(f"no reply on {topic} within {timeout:.1f}s")
+            return box[0]
+        finally:
+            with self._lock:
+                self._pending.pop(corr, None)
+
+    def reply(self, message: Message, payload: dict[str, Any]) -> None:
+        """Answer a request received with :meth:`subscribe`."""
+        if not message.response_topic:
+            log.warning("request on %s has no response topic; reply dropped", message.topic)
+            return
+        props = Properties(PacketTypes.PUBLISH)
+        if message.correlation is not None:
+            props.CorrelationData = message.correlation
+        self.publish(message.response_topic, payload, properties=props)
+
+    def event(self, kind: str, session_id: str | None = None, **fields: Any) -> None:
+        """Publish one event of this element on ``qkd/v1/events/<element>``."""
+        body: dict[str, Any] = {"type": "event", "ts": now(), "element": self.client_id,
+                                "kind": kind}
+        if session_id is not None:
+            body["session_id"] = session_id
+        body.update(fields)
+        self.publish(events(self.client_id), body)
