@@ -18,7 +18,7 @@ import ipaddress
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,6 +29,7 @@ import regex
 import yaml
 
 from qkdtwin.errors import UserError
+from qkdtwin.quantum.params import validate_qkd_vars
 
 ROLES = ("km", "sdn", "access", "admission", "routing", "monitor", "broker", "app")
 # Roles that must exist exactly once in a lab (the control plane and the broker).
@@ -44,21 +45,6 @@ IMPAIRMENT_RANGES: dict[str, tuple[float, float, bool]] = {
     "loss_percent": (0.0, 100.0, False),
     "rate_mbit": (0.0, 100_000.0, True),
 }
-
-# Only used while qkdtwin.quantum.params is not available (it owns the real rules).
-_FALLBACK_QKD_RANGES: dict[str, tuple[float, float]] = {
-    "length_km": (0.0, 1000.0),
-    "attenuation_db_per_km": (0.0, 10.0),
-    "source_rate_hz": (1.0, 1e11),
-    "mu": (0.0, 10.0),
-    "nu": (0.0, 10.0),
-    "detector_efficiency": (0.0, 1.0),
-    "dark_count_prob": (0.0, 1.0),
-    "misalignment": (0.0, 0.5),
-    "eve_fraction": (0.0, 1.0),
-    "block_size": (1.0, 1e9),
-}
-_FALLBACK_QKD_PROTOCOLS = ("bb84", "bb84-decoy")
 
 USER_STATUSES = ("active", "disabled")
 SLA_FIELDS = ("max_priority", "max_key_rate", "max_key_size", "max_sessions",
@@ -78,7 +64,8 @@ class LabInvalid(UserError):
         self.path = Path(path)
         self.problems = problems
         lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{path}: {len(problems)} problem(s)\n{lines}")
+        super().__init__(f"{Path(path).name} is invalid, {len(problems)} problem(s) "
+                         f"(run `qkdtwin validate`):\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -233,13 +220,13 @@ def check_lab(path: Path) -> tuple[Lab | None, list[str]]:
     """Validate a lab file; return (lab or None, problems). Never raises for bad content."""
     path = Path(path)
     data, problems = _read_yaml(path)
+    if not problems:
+        problems = schema_problems(data)
     if problems:
-        return None, problems
-    problems = schema_problems(data)
-    if problems:
-        # Conventions assume a schema-valid structure; report the schema layer first.
-        return None, problems
+        # Conventions assume a schema-valid structure; report the lower layer first.
+        return None, [f"{path.name}: {p}" for p in problems]
     lab, problems = _build(path, data)
+    problems = [f"{path.name}: {p}" for p in problems]
     upath = users_path_for(path)
     users: list[User] = []
     if upath.exists():
@@ -257,18 +244,18 @@ def _read_yaml(path: Path) -> tuple[Any, list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        return None, [f"{path.name}: cannot read: {exc.strerror}"]
+        return None, [f"cannot read: {exc.strerror}"]
     except UnicodeDecodeError:
-        return None, [f"{path.name}: not UTF-8 text"]
+        return None, ["not UTF-8 text"]
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        return None, [f"{path.name}: YAML error{where}: {what}"]
+        return None, [f"YAML error{where}: {what}"]
     if not isinstance(data, dict):
-        return None, [f"{path.name}: top level must be a mapping, got {_typename(data)}"]
+        return None, [f"top level must be a mapping, got {_typename(data)}"]
     return data, []
 
 
@@ -390,36 +377,12 @@ def validate_impairment(d: Any) -> list[str]:
     return problems
 
 
-def _fallback_qkd_problems(d: dict) -> list[str]:
-    problems = []
-    for key, value in d.items():
-        if key == "protocol":
-            if value not in _FALLBACK_QKD_PROTOCOLS:
-                problems.append(f"protocol: {value!r} unknown "
-                                f"(known: {', '.join(_FALLBACK_QKD_PROTOCOLS)})")
-        elif key not in _FALLBACK_QKD_RANGES:
-            problems.append(f"{key}: unknown parameter")
-        elif not _is_number(value):
-            problems.append(f"{key}: must be a number, got {_typename(value)} {value!r}")
-        else:
-            lo, hi = _FALLBACK_QKD_RANGES[key]
-            if not lo <= value <= hi:
-                problems.append(f"{key}: {value} out of range [{lo:g}, {hi:g}]")
-    return problems
-
-
-def _qkd_validator() -> Callable[[dict], list[str]]:
-    """qkdtwin.quantum.params owns the quantum channel rules; fall back if it is absent."""
-    try:
-        from qkdtwin.quantum.params import validate_qkd_vars
-    except ImportError:
-        return _fallback_qkd_problems
-    return validate_qkd_vars
-
-
 def _prefix_qkd_problem(p: str) -> str:
+    """Messages name the field as `qkd.<field>`; place them under the link's `vars.`."""
     p = str(p).strip()
-    return f"vars.qkd.{p}" if not p.startswith("vars.qkd") else p
+    if p.startswith("vars."):
+        return p
+    return f"vars.{p}" if p.startswith("qkd") else f"vars.qkd.{p}"
 
 
 def _build(path: Path, data: dict) -> tuple[Lab | None, list[str]]:
@@ -492,7 +455,9 @@ def _build(path: Path, data: dict) -> tuple[Lab | None, list[str]]:
                             kind=kind, image=cfg.get("image"), labels=dict(labels))
 
     # --- roles across the lab
-    if nodes and all(n.roles or ROLE_LABEL not in n.labels for n in nodes.values()):
+    # Lab-wide role rules only make sense once every node's own label is valid.
+    if nodes and not any(p.startswith("node ") and f"labels.{ROLE_LABEL}" in p
+                         for p in problems):
         for role in CONTROL_ROLES:
             owners = [n.name for n in nodes.values() if role in n.roles]
             if not owners:
@@ -610,11 +575,11 @@ def _build_link(idx: int, raw: dict, nodes: dict[str, Node],
         if not isinstance(qkd, dict):
             problems.append(f"{where}: vars.qkd: must be a mapping, got {_typename(qkd)}")
         else:
-            problems += [f"{where}: {_prefix_qkd_problem(p)}" for p in _qkd_validator()(qkd)]
+            problems += [f"{where}: {_prefix_qkd_problem(p)}" for p in validate_qkd_vars(qkd)]
             for n in (na, nb):
-                if n in nodes and "km" not in nodes[n].roles:
+                if n in nodes and nodes[n].roles and "km" not in nodes[n].roles:
                     problems.append(f"{where}: vars.qkd: QKD links join km nodes only; "
-                                    f"{n} has roles {','.join(nodes[n].roles) or 'none'}")
+                                    f"{n} has roles {','.join(nodes[n].roles)}")
     if imp is not None:
         problems += [f"{where}: vars.impairment{p}" for p in validate_impairment(imp)]
     if problems:

@@ -18,7 +18,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     lab, problems = check_lab(path)
     if problems or lab is None:
         for p in problems:
-            print(f"{path.name}: {p}")
+            print(p)
         print(f"{path.name}: INVALID, {len(problems)} problem(s)", file=sys.stderr)
         return 1
     users = f"{len(lab.users)} users ({lab.users_path.name})" if lab.users_path else "no users file"
