@@ -225,14 +225,14 @@ def check_lab(path: Path) -> tuple[Lab | None, list[str]]:
     if problems:
         # Conventions assume a schema-valid structure; report the lower layer first.
         return None, [f"{path.name}: {p}" for p in problems]
-    lab, problems = _build(path, data)
+    lab, problems, nodes = _build(path, data)
     problems = [f"{path.name}: {p}" for p in problems]
     upath = users_path_for(path)
     users: list[User] = []
     if upath.exists():
         udata, uproblems = _read_yaml(upath)
         if not uproblems:
-            users, uproblems = _build_users(udata, lab.nodes if lab else {})
+            users, uproblems = _build_users(udata, nodes)
         problems += [f"{upath.name}: {p}" for p in uproblems]
     if lab is not None:
         lab.users = users
@@ -385,7 +385,8 @@ def _prefix_qkd_problem(p: str) -> str:
     return f"vars.{p}" if p.startswith("qkd") else f"vars.qkd.{p}"
 
 
-def _build(path: Path, data: dict) -> tuple[Lab | None, list[str]]:
+def _build(path: Path, data: dict) -> tuple[Lab | None, list[str], dict[str, Node]]:
+    """The Lab (None when there are problems), the problems, and the nodes as parsed."""
     problems: list[str] = []
     name = data["name"]
     topo = data.get("topology") or {}
@@ -484,10 +485,10 @@ def _build(path: Path, data: dict) -> tuple[Lab | None, list[str]]:
             links.append(link)
 
     if problems or subnet is None:
-        return None, problems
+        return None, problems, nodes
     return Lab(name=name, path=path.resolve(), mgmt_network=mgmt.get("network") or
                f"clab-{name}", mgmt_subnet=subnet, nodes=nodes, links=links, users=[],
-               users_path=None), []
+               users_path=None), [], nodes
 
 
 def _build_link(idx: int, raw: dict, nodes: dict[str, Node],

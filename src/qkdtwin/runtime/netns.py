@@ -237,6 +237,8 @@ def _ensure_node(lab: Lab, node: str, existing: set[str], log: Log, result: UpRe
     br = bridge_name(lab)
     if (host_info or {}).get("master") != br or "UP" not in (host_info or {}).get("flags", []):
         _run(["ip", "link", "set", host_if, "master", br, "up"])
+        log(f"node {node}: {host_if} attached to bridge {br}")
+        result.changes += 1
     want = f"{n.mgmt_ipv4}/{lab.mgmt_subnet.prefixlen}"
     have = _ns_addrs(ns).get(MGMT_INTERFACE, [])
     for cidr in have:

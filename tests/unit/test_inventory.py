@@ -1,0 +1,141 @@
+"""Inventory shape (docs/architecture.md) and the netns connection plugin's documentation."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qkdtwin.runtime.inventory import build_inventory, write_inventory
+from qkdtwin.topology import ROLES, load_lab
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL_VARS = {"qkdtwin_lab", "qkdtwin_lab_dir", "qkdtwin_runtime", "qkdtwin_python",
+            "qkdtwin_users", "qkdtwin_broker", "qkdtwin_elements", "qkdtwin_nodes",
+            "qkdtwin_qkd_links"}
+HOST_VARS = {"qkdtwin_node", "qkdtwin_roles", "qkdtwin_mgmt_ipv4", "qkdtwin_data_dir",
+             "qkdtwin_interfaces", "qkdtwin_node_qkd_links"}
+
+
+@pytest.fixture
+def line3(tmp_path):
+    for suffix in (".clab.yml", ".users.yml"):
+        shutil.copy(ROOT / "labs" / f"line3{suffix}", tmp_path / f"line3{suffix}")
+    return load_lab(tmp_path / "line3.clab.yml")
+
+
+def test_all_vars(line3):
+    inv = build_inventory(line3, "netns", python="/venv/bin/python")
+    v = inv["all"]["vars"]
+    assert set(v) == ALL_VARS
+    assert v["qkdtwin_lab"] == "line3"
+    assert v["qkdtwin_lab_dir"] == str(line3.path.parent / "clab-line3")
+    assert v["qkdtwin_runtime"] == "netns"
+    assert v["qkdtwin_python"] == "/venv/bin/python"
+    assert v["qkdtwin_broker"] == {"host": "172.31.3.10", "port": 8883}
+    assert v["qkdtwin_elements"]["admission"] == "ctl"
+    assert v["qkdtwin_elements"]["broker"] == "broker"
+    assert v["qkdtwin_nodes"]["km1"] == {"mgmt_ipv4": "172.31.3.21", "roles": ["km"]}
+    assert [u["name"] for u in v["qkdtwin_users"]] == ["alice", "bob", "mallory"]
+    assert v["qkdtwin_users"][0]["applications"][0] == {"sae_id": "sae-a0", "km": "km0"}
+    link = v["qkdtwin_qkd_links"][1]
+    assert {k: link[k] for k in ("id", "a", "b", "a_interface", "b_interface", "a_ipv4",
+                                 "b_ipv4")} == {
+        "id": "km1-km2", "a": "km1", "b": "km2", "a_interface": "eth2",
+        "b_interface": "eth1", "a_ipv4": "10.10.2.1", "b_ipv4": "10.10.2.2"}
+    assert link["qkd"]["length_km"] == 25
+
+
+def test_groups_by_role(line3):
+    children = build_inventory(line3)["all"]["children"]
+    assert set(children) == set(ROLES)
+    assert list(children["km"]["hosts"]) == ["km0", "km1", "km2"]
+    for role in ("sdn", "access", "admission", "routing", "monitor"):
+        assert list(children[role]["hosts"]) == ["ctl"]
+    assert list(children["broker"]["hosts"]) == ["broker"]
+    assert children["app"]["hosts"] == {}
+
+
+def test_host_vars(line3):
+    hosts = build_inventory(line3, "netns", python="/py")["all"]["hosts"]
+    km1 = hosts["km1"]
+    assert HOST_VARS <= set(km1)
+    assert km1["qkdtwin_node"] == "km1" and km1["qkdtwin_roles"] == ["km"]
+    assert km1["qkdtwin_mgmt_ipv4"] == "172.31.3.21"
+    assert km1["qkdtwin_data_dir"] == str(line3.lab_dir / "nodes" / "km1")
+    assert km1["qkdtwin_interfaces"] == [
+        {"name": "eth1", "ipv4": "10.10.1.2/30", "peer": "km0", "peer_interface": "eth1",
+         "peer_ipv4": "10.10.1.1", "link": "km0-km1"},
+        {"name": "eth2", "ipv4": "10.10.2.1/30", "peer": "km2", "peer_interface": "eth1",
+         "peer_ipv4": "10.10.2.2", "link": "km1-km2"},
+    ]
+    q = km1["qkdtwin_node_qkd_links"]
+    assert [(x["id"], x["side"], x["interface"], x["local_ipv4"], x["peer"], x["peer_ipv4"])
+            for x in q] == [("km0-km1", "b", "eth1", "10.10.1.2", "km0", "10.10.1.1"),
+                            ("km1-km2", "a", "eth2", "10.10.2.1", "km2", "10.10.2.2")]
+    assert hosts["ctl"]["qkdtwin_interfaces"] == []
+    assert km1["ansible_connection"] == "netns"
+    assert km1["qkdtwin_netns"] == "clab-line3-km1"
+    assert km1["ansible_python_interpreter"] == "/py"
+
+
+def test_runtimes_differ_only_in_connection(line3):
+    conn = {"ansible_connection", "ansible_host", "qkdtwin_netns",
+            "ansible_python_interpreter", "qkdtwin_data_dir"}
+    a = build_inventory(line3, "netns")
+    b = build_inventory(line3, "clab")
+    assert b["all"]["hosts"]["km0"]["ansible_connection"] == "community.docker.docker"
+    assert b["all"]["hosts"]["km0"]["ansible_host"] == "clab-line3-km0"
+    for inv in (a, b):
+        inv["all"]["vars"]["qkdtwin_runtime"] = None
+        for hv in inv["all"]["hosts"].values():
+            for k in conn:
+                hv.pop(k, None)
+    assert a == b
+
+
+def test_build_is_pure(line3):
+    before = copy.deepcopy(line3)
+    assert build_inventory(line3) == build_inventory(line3)
+    assert line3 == before
+
+
+def test_written_inventory_is_read_by_ansible(line3):
+    path = write_inventory(line3, python=sys.executable)
+    assert path == line3.lab_dir / "ansible-inventory.yml"
+    data = yaml.safe_load(path.read_text())
+    assert data == json.loads(json.dumps(build_inventory(line3, python=sys.executable)))
+    mtime = path.stat().st_mtime_ns
+    write_inventory(line3, python=sys.executable)
+    assert path.stat().st_mtime_ns == mtime, "unchanged inventory is not rewritten"
+    exe = Path(sys.executable).parent / "ansible-inventory"
+    if not exe.exists():
+        pytest.skip("ansible-inventory not installed")
+    out = subprocess.run([str(exe), "-i", str(path), "--list"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    listed = json.loads(out)
+    assert sorted(listed["km"]["hosts"]) == ["km0", "km1", "km2"]
+    assert listed["_meta"]["hostvars"]["km2"]["qkdtwin_netns"] == "clab-line3-km2"
+    assert listed["_meta"]["hostvars"]["ctl"]["qkdtwin_elements"]["routing"] == "ctl"
+
+
+def test_connection_plugin_documentation():
+    spec = importlib.util.spec_from_file_location(
+        "netns_plugin", ROOT / "plugins" / "connection" / "netns.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    doc = yaml.safe_load(module.DOCUMENTATION)
+    assert doc["name"] == "netns"
+    names = [v["name"] for v in doc["options"]["netns"]["vars"]]
+    assert "qkdtwin_netns" in names and "ansible_host" in names
+    assert module.Connection.has_pipelining is True
+    assert module.Connection.transport == "netns"
