@@ -14,6 +14,7 @@ Ansible (role `common`, host var `qkdtwin_interfaces`), as with containerlab.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -157,6 +158,7 @@ def _save_state(lab: Lab, state: dict[str, Any]) -> None:
 def up(lab: Lab, log: Log = print) -> UpResult:
     """Create what is missing of the lab and repair what is broken; return warnings."""
     _require_root()
+    _check_subnet(lab)
     result = UpResult()
     ns_names = [lab.namespace(n) for n in lab.nodes]
     state = load_state(lab)
@@ -185,14 +187,25 @@ def up(lab: Lab, log: Log = print) -> UpResult:
     return result
 
 
+def _check_subnet(lab: Lab) -> None:
+    """Refuse a subnet the host already routes elsewhere: the lab must not hijack traffic."""
+    br = bridge_name(lab)
+    for route in _json(["ip", "-j", "-4", "route", "show"]):
+        dst = route.get("dst", "default")
+        if dst == "default" or route.get("dev") == br:
+            continue
+        try:
+            overlaps = ipaddress.IPv4Network(dst, strict=False).overlaps(lab.mgmt_subnet)
+        except ValueError:
+            continue
+        if overlaps:
+            raise UserError(f"mgmt subnet {lab.mgmt_subnet} overlaps {dst} routed via "
+                            f"{route.get('dev')} on this host; pick another mgmt.ipv4-subnet")
+
+
 def _ensure_bridge(lab: Lab, log: Log, result: UpResult) -> None:
     br = bridge_name(lab)
     cidr = f"{lab.mgmt_gateway}/{lab.mgmt_subnet.prefixlen}"
-    # Refuse a subnet the host already routes elsewhere: the lab must not hijack traffic.
-    for route in _json(["ip", "-j", "route", "show", "exact", str(lab.mgmt_subnet)]):
-        if route.get("dev") not in (None, br):
-            raise UserError(f"mgmt subnet {lab.mgmt_subnet} is already routed via "
-                            f"{route.get('dev')} on this host; pick another mgmt.ipv4-subnet")
     info = _host_link(br)
     if info is None:
         _run(["ip", "link", "add", "name", br, "type", "bridge"])
