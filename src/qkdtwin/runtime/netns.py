@@ -169,7 +169,7 @@ def up(lab: Lab, log: Log = print) -> UpResult:
 
     # ip netns exec bind-mounts /etc/netns/<ns>/qkdtwin only over an existing /etc/qkdtwin.
     if not ETC_QKDTWIN.is_dir():
-        ETC_QKDTWIN.mkdir(parents=True)
+        ETC_QKDTWIN.mkdir(parents=True, exist_ok=True)
         log(f"host: created empty {ETC_QKDTWIN} (mount point for per-node config)")
 
     _ensure_bridge(lab, log, result)
@@ -265,7 +265,7 @@ def _ensure_node(lab: Lab, node: str, existing: set[str], log: Log, result: UpRe
         _run(["ip", "-n", ns, "link", "set", MGMT_INTERFACE, "up"])
     etc = ETC_NETNS / ns / "qkdtwin"
     if not etc.is_dir():
-        etc.mkdir(parents=True)
+        etc.mkdir(parents=True, exist_ok=True)
         log(f"node {node}: config dir {etc} (seen as {ETC_QKDTWIN} inside the node)")
         result.changes += 1
 
