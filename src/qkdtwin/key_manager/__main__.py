@@ -1,0 +1,42 @@
+"""``python -m qkdtwin.key_manager --config /etc/qkdtwin/key_manager.yml``"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Any
+
+from qkdtwin.bus import BrokerConfig, Bus
+from qkdtwin.key_manager.app import create_app
+from qkdtwin.key_manager.config import parse_config
+from qkdtwin.key_manager.manager import KeyManager
+from qkdtwin.key_manager.sdn_agent import SdnAgent
+from qkdtwin.key_manager.server import make_server
+from qkdtwin.service import run_service
+
+log = logging.getLogger("qkdtwin.key_manager")
+
+
+def main(raw: dict[str, Any]) -> None:
+    cfg = parse_config(raw)
+    bus = Bus(BrokerConfig.from_dict(raw["broker"]), cfg.node) if raw.get("broker") else None
+    km = KeyManager(cfg, bus).start()
+    agent = SdnAgent(cfg).start()
+    server = make_server(cfg, create_app(km))
+
+    def _term(signum: int, frame: Any) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, _term)
+    server.prepare()
+    log.info("listening", extra={"host": cfg.host, "port": server.bind_addr[1]})
+    try:
+        server.serve()
+    finally:
+        agent.stop()
+        km.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(run_service(main, "qkdtwin Key Manager (ETSI 014/004, relay)"))

@@ -1,0 +1,116 @@
+"""Flask application factory of the Key Manager: ETSI 014, ETSI 004, KM-to-KM and the
+operational routes (/healthz, /metrics) on one HTTPS server.
+
+Every non-2xx answer is JSON with a ``message`` (ETSI 014 error shape, ETSI 004 adds
+``status``); no request ever gets a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from qkdtwin.key_manager import identity
+from qkdtwin.key_manager.manager import KeyManager, KmError
+
+log = logging.getLogger("qkdtwin.key_manager.http")
+
+
+class BadInput(Exception):
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+def error(code: int, message: str, details: list[dict[str, Any]] | None = None,
+          **extra: Any) -> Response:
+    body: dict[str, Any] = {"message": message}
+    if details:
+        body["details"] = details
+    body.update({k: v for k, v in extra.items() if v is not None})
+    resp = jsonify(body)
+    resp.status_code = code
+    return resp
+
+
+def json_body(allow_empty: bool = True) -> dict[str, Any]:
+    """The request body as a JSON object ({} when empty and allowed)."""
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise BadInput("request body must be a JSON object")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"malformed JSON body: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadInput("request body must be a JSON object")
+    return data
+
+
+def caller() -> identity.Identity:
+    ident = g.get("identity")
+    if ident is None:
+        raise KmError("unauthorized", "a client certificate issued by the lab CA is required")
+    return ident
+
+
+def create_app(km: KeyManager) -> Flask:
+    from qkdtwin.key_manager.etsi004 import bp as etsi004
+    from qkdtwin.key_manager.etsi014 import bp as etsi014
+    from qkdtwin.key_manager.kmapi import bp as kmapi
+
+    app = Flask("qkdtwin.key_manager")
+    app.config["MAX_CONTENT_LENGTH"] = km.cfg.limits.max_body_bytes
+    app.config["KM"] = km
+    app.json.sort_keys = False
+    app.register_blueprint(etsi014)
+    app.register_blueprint(etsi004)
+    app.register_blueprint(kmapi)
+    metrics = km.metrics
+
+    @app.before_request
+    def _who() -> None:
+        g.t0 = time.perf_counter()
+        g.identity = identity.from_environ(request.environ)
+
+    @app.after_request
+    def _count(resp: Response) -> Response:
+        ep = request.endpoint or "unknown"
+        metrics.requests.labels(endpoint=ep, code=str(resp.status_code)).inc()
+        metrics.latency.labels(endpoint=ep).observe(time.perf_counter() - g.get("t0", 0.0))
+        return resp
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        state = km.health()
+        resp = jsonify(state)
+        resp.status_code = 200 if state["ok"] else 503
+        return resp
+
+    @app.get("/metrics")
+    def prom() -> Response:
+        return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Response:
+        return error(413, f"request body larger than {km.cfg.limits.max_body_bytes} bytes")
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        return error(exc.code or 400, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error(500, "internal error of the key manager; see its log")
+
+    return app

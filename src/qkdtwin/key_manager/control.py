@@ -1,0 +1,140 @@
+"""The Key Manager's side of the MQTT contract with the control plane
+(docs/architecture.md, "MQTT messages").
+
+Out: ``authenticate`` (req/rep on access/in), ``config_request``, ``key_request`` (coalesced:
+at most one per session per second, with the bits summed), ``close_request`` and
+``deletion_confirm`` on admission/in; events on events/<km>; telemetry per link.
+In: ``session_config`` on km/<km>/config and ``session_delete`` on km/<km>/delete.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from qkdtwin import bus as topics
+from qkdtwin.bus import Bus, RequestTimeout
+
+log = logging.getLogger("qkdtwin.key_manager.control")
+
+
+class ControlUnavailable(Exception):
+    """The broker or the control element did not answer in time."""
+
+
+class Control:
+    def __init__(self, node: str, bus: Bus | None, timeout_s: float = 5.0,
+                 auth_cache_s: float = 30.0) -> None:
+        self.node = node
+        self.bus = bus
+        self.timeout_s = timeout_s
+        self.auth_cache_s = auth_cache_s
+        self._auth_cache: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
+        self._pending_bits: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._event_gate: dict[tuple[str, str], float] = {}
+
+    def start(self, on_config: Callable[[dict[str, Any]], None],
+              on_delete: Callable[[dict[str, Any]], None]) -> Control:
+        if self.bus is not None:
+            self.bus.subscribe(topics.km_config(self.node), lambda t, p, m: on_config(p))
+            self.bus.subscribe(topics.km_delete(self.node), lambda t, p, m: on_delete(p))
+            self.bus.start(wait=5)
+        threading.Thread(target=self._flush_loop, daemon=True, name="key-request").start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._flush()
+        if self.bus is not None:
+            self.bus.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self.bus is not None and self.bus.connected
+
+    def _publish(self, topic: str, payload: dict[str, Any]) -> None:
+        if self.bus is None:
+            return
+        self.bus.publish(topic, payload)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def authenticate(self, cert: dict[str, str], peer_sae_id: str | None) -> dict[str, Any]:
+        """Ask access control whether this certificate's SAE may talk to ``peer_sae_id``."""
+        key = (cert["fingerprint"], peer_sae_id)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._auth_cache.get(key)
+        if hit and now - hit[0] < self.auth_cache_s:
+            return hit[1]
+        if self.bus is None or not self.bus.connected:
+            raise ControlUnavailable("control plane unreachable (no broker connection)")
+        try:
+            rep = self.bus.request(topics.ACCESS_IN, {
+                "type": "authenticate", "km": self.node, "sae_id": cert["cn"], "cert": cert,
+                "peer_sae_id": peer_sae_id}, timeout=self.timeout_s)
+        except RequestTimeout:
+            raise ControlUnavailable("access control did not answer in time") from None
+        if rep.get("ok"):
+            with self._lock:
+                self._auth_cache[key] = (now, rep)
+        return rep
+
+    def config_request(self, session_id: str, user: str, sae_id: str, peer_sae_id: str,
+                       api: str, qos: dict[str, Any]) -> None:
+        if self.bus is None or not self.bus.connected:
+            raise ControlUnavailable("control plane unreachable (no broker connection)")
+        self._publish(topics.ADMISSION_IN, {
+            "type": "config_request", "km": self.node, "session_id": session_id, "user": user,
+            "sae_id": sae_id, "peer_sae_id": peer_sae_id, "api": api, "qos": qos})
+
+    def key_request(self, session_id: str, bits: int) -> None:
+        with self._lock:
+            self._pending_bits[session_id] = self._pending_bits.get(session_id, 0) + bits
+
+    def close_request(self, session_id: str, reason: str = "closed") -> None:
+        with self._lock:
+            self._pending_bits.pop(session_id, None)
+        self._publish(topics.ADMISSION_IN, {"type": "close_request", "km": self.node,
+                                            "session_id": session_id, "reason": reason})
+
+    def deletion_confirm(self, session_id: str) -> None:
+        self._publish(topics.ADMISSION_IN, {"type": "deletion_confirm", "km": self.node,
+                                            "session_id": session_id})
+
+    def event(self, kind: str, session_id: str | None = None, *, gate_s: float = 0.0,
+              **fields: Any) -> None:
+        """Publish an event; with ``gate_s`` at most one of this kind per session per gate_s."""
+        if self.bus is None:
+            return
+        if gate_s:
+            now = time.monotonic()
+            k = (kind, session_id or "")
+            with self._lock:
+                if now - self._event_gate.get(k, 0.0) < gate_s:
+                    return
+                self._event_gate[k] = now
+        self.bus.event(kind, session_id, **fields)
+
+    def telemetry(self, link: str, **fields: Any) -> None:
+        self._publish(topics.telemetry(self.node, link), {
+            "type": "telemetry", "source": "km", "node": self.node, "link": link, **fields})
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending_bits = self._pending_bits, {}
+        for sid, bits in pending.items():
+            self._publish(topics.ADMISSION_IN, {"type": "key_request", "km": self.node,
+                                                "session_id": sid, "bits": bits})
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self._flush()
+            except Exception:
+                log.exception("key_request flush failed")

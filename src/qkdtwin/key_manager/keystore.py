@@ -1,0 +1,314 @@
+"""Durable state of a Key Manager: link-key pools, end-to-end keys not yet delivered,
+delivery records and sessions, in one SQLite database (WAL) in the KM's data dir.
+
+Every change that hands out or consumes key is one transaction, so a KM killed with SIGKILL
+and restarted neither loses a key nor hands one out twice. ``synchronous=NORMAL`` with WAL
+survives a killed process (the OS keeps the written pages); only a power cut could lose the
+last transactions, which the emulator does not model.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS link_keys (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  link TEXT NOT NULL, key_id TEXT NOT NULL,
+  owner TEXT NOT NULL,            -- the KM that may encrypt with this key (the other decrypts)
+  state INTEGER NOT NULL,         -- 0 pending (peer not yet confirmed), 1 available
+  key BLOB NOT NULL,
+  UNIQUE (link, key_id));
+CREATE INDEX IF NOT EXISTS link_keys_use ON link_keys (link, owner, state, seq);
+CREATE TABLE IF NOT EXISTS used_link_keys (
+  link TEXT NOT NULL, key_id TEXT NOT NULL, PRIMARY KEY (link, key_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS e2e_keys (
+  key_id TEXT NOT NULL,
+  session_id TEXT NOT NULL,
+  side TEXT NOT NULL,             -- 'src' ready for the source's application, 'dst' for the peer
+  idx INTEGER NOT NULL,
+  size INTEGER NOT NULL,          -- bits
+  master TEXT NOT NULL, slave TEXT NOT NULL,
+  key BLOB NOT NULL,
+  created REAL NOT NULL,
+  PRIMARY KEY (key_id, side));
+CREATE INDEX IF NOT EXISTS e2e_keys_take ON e2e_keys (session_id, side, size, idx);
+CREATE TABLE IF NOT EXISTS delivered (
+  key_id TEXT NOT NULL, side TEXT NOT NULL, session_id TEXT NOT NULL, sae TEXT NOT NULL,
+  ts REAL NOT NULL, PRIMARY KEY (key_id, side)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class E2EKey:
+    key_id: str
+    session_id: str
+    idx: int
+    size: int
+    master: str
+    slave: str
+    key: bytes
+
+
+class NotFound(LookupError):
+    """One or more keys named by ID are not (or no longer) here."""
+
+
+class WrongOwner(PermissionError):
+    """The keys exist but belong to another SAE."""
+
+
+class KeyStore:
+    """One SQLite connection shared by all threads, serialised by a lock (short transactions)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                                   timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # consumed key bytes are overwritten
+        self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def ok(self) -> bool:
+        try:
+            with self._lock:
+                self._db.execute("SELECT 1").fetchone()
+            return True
+        except sqlite3.Error:
+            return False
+
+    # -- link-key pools ----------------------------------------------------------------------
+
+    def add_link_keys(self, link: str, keys: Iterable[tuple[str, str, bytes]], state: int) -> int:
+        """Insert (key_id, owner, key); keys already present or already used are skipped."""
+        n = 0
+        with self.tx() as db:
+            for key_id, owner, key in keys:
+                if db.execute("SELECT 1 FROM used_link_keys WHERE link=? AND key_id=?",
+                              (link, key_id)).fetchone():
+                    continue
+                cur = db.execute("INSERT OR IGNORE INTO link_keys (link, key_id, owner, state, key)"
+                                 " VALUES (?,?,?,?,?)", (link, key_id, owner, state, key))
+                n += cur.rowcount
+        return n
+
+    def has_link_keys(self, link: str, key_ids: list[str]) -> set[str]:
+        with self._lock:
+            q = ",".join("?" * len(key_ids))
+            rows = self._db.execute(
+                f"SELECT key_id FROM link_keys WHERE link=? AND key_id IN ({q})",
+                (link, *key_ids)).fetchall()
+        return {r[0] for r in rows}
+
+    def confirm_link_keys(self, link: str, key_ids: list[str]) -> None:
+        with self.tx() as db:
+            db.executemany("UPDATE link_keys SET state=1 WHERE link=? AND key_id=?",
+                           [(link, k) for k in key_ids])
+
+    def pending_link_keys(self, link: str) -> list[tuple[str, str]]:
+        with self._lock:
+            return self._db.execute("SELECT key_id, owner FROM link_keys WHERE link=? AND state=0"
+                                    " ORDER BY seq", (link,)).fetchall()
+
+    def link_key_count(self, link: str, owner: str | None = None) -> int:
+        with self._lock:
+            if owner is None:
+                return self._db.execute("SELECT count(*) FROM link_keys WHERE link=? AND state=1",
+                                        (link,)).fetchone()[0]
+            return self._db.execute("SELECT count(*) FROM link_keys WHERE link=? AND owner=? AND"
+                                    " state=1", (link, owner)).fetchone()[0]
+
+    @staticmethod
+    def take_own_link_keys(db: sqlite3.Connection, link: str, owner: str, n: int
+                           ) -> list[tuple[str, bytes]]:
+        """Within a transaction: remove ``n`` available keys this KM may encrypt with."""
+        rows = db.execute("SELECT seq, key_id, key FROM link_keys WHERE link=? AND owner=? AND"
+                          " state=1 ORDER BY seq LIMIT ?", (link, owner, n)).fetchall()
+        if len(rows) < n:
+            return []
+        db.executemany("DELETE FROM link_keys WHERE seq=?", [(r[0],) for r in rows])
+        db.executemany("INSERT INTO used_link_keys VALUES (?,?)", [(link, r[1]) for r in rows])
+        return [(r[1], r[2]) for r in rows]
+
+    @staticmethod
+    def take_peer_link_keys(db: sqlite3.Connection, link: str, owner: str, key_ids: list[str]
+                            ) -> list[bytes]:
+        """Within a transaction: remove the keys the peer encrypted with, in the given order."""
+        out = []
+        for key_id in key_ids:
+            row = db.execute("SELECT seq, key FROM link_keys WHERE link=? AND key_id=? AND owner=?",
+                             (link, key_id, owner)).fetchone()
+            if row is None:
+                raise NotFound(f"link key {key_id} of {link} not in the pool")
+            db.execute("DELETE FROM link_keys WHERE seq=?", (row[0],))
+            db.execute("INSERT INTO used_link_keys VALUES (?,?)", (link, key_id))
+            out.append(row[1])
+        return out
+
+    # -- end-to-end keys ---------------------------------------------------------------------
+
+    @staticmethod
+    def put_e2e(db: sqlite3.Connection, side: str, keys: Iterable[E2EKey]) -> None:
+        now = time.time()
+        db.executemany(
+            "INSERT INTO e2e_keys (key_id, session_id, side, idx, size, master, slave, key,"
+            " created) VALUES (?,?,?,?,?,?,?,?,?)",
+            [(k.key_id, k.session_id, side, k.idx, k.size, k.master, k.slave, k.key, now)
+             for k in keys])
+
+    def put_e2e_keys(self, side: str, keys: list[E2EKey]) -> None:
+        with self.tx() as db:
+            self.put_e2e(db, side, keys)
+
+    def ready_count(self, session_id: str, side: str, size: int | None = None) -> int:
+        with self._lock:
+            if size is None:
+                return self._db.execute("SELECT count(*) FROM e2e_keys WHERE session_id=? AND"
+                                        " side=?", (session_id, side)).fetchone()[0]
+            return self._db.execute("SELECT count(*) FROM e2e_keys WHERE session_id=? AND side=?"
+                                    " AND size=?", (session_id, side, size)).fetchone()[0]
+
+    def take_ready(self, session_id: str, size: int, n: int, sae: str) -> list[E2EKey]:
+        """Hand ``n`` source-side keys of ``size`` bits to ``sae``: all or nothing, once."""
+        with self.tx() as db:
+            rows = db.execute("SELECT key_id, idx, master, slave, key FROM e2e_keys WHERE"
+                              " session_id=? AND side='src' AND size=? ORDER BY idx LIMIT ?",
+                              (session_id, size, n)).fetchall()
+            if len(rows) < n:
+                return []
+            self._deliver(db, session_id, 'src', sae, [r[0] for r in rows])
+        return [E2EKey(r[0], session_id, r[1], size, r[2], r[3], r[4]) for r in rows]
+
+    @staticmethod
+    def _deliver(db: sqlite3.Connection, session_id: str, side: str, sae: str,
+                 key_ids: list[str]) -> None:
+        now = time.time()
+        db.executemany("DELETE FROM e2e_keys WHERE key_id=? AND side=?",
+                       [(k, side) for k in key_ids])
+        db.executemany("INSERT INTO delivered VALUES (?,?,?,?,?)",
+                       [(k, side, session_id, sae, now) for k in key_ids])
+
+    def take_by_ids(self, master: str, slave: str, key_ids: list[str]) -> list[E2EKey]:
+        """ETSI 014 dec_keys: all named keys, made by ``master`` for ``slave``, exactly once.
+
+        NotFound if any is missing (or was delivered already); WrongOwner if any exists but was
+        made for another slave SAE.
+        """
+        if len(set(key_ids)) != len(key_ids):
+            raise NotFound("a key ID is named twice")
+        with self.tx() as db:
+            out = []
+            for key_id in key_ids:
+                row = db.execute("SELECT session_id, idx, size, master, slave, key FROM e2e_keys"
+                                 " WHERE key_id=? AND side='dst'", (key_id,)).fetchone()
+                if row is None:
+                    raise NotFound(key_id)
+                if row[4] != slave:
+                    raise WrongOwner(key_id)
+                if row[3] != master:
+                    raise NotFound(key_id)
+                out.append(E2EKey(key_id, row[0], row[1], row[2], row[3], row[4], row[5]))
+            self._deliver(db, out[0].session_id if out else "", "dst", slave, key_ids)
+        return out
+
+    def owner_of(self, key_id: str) -> tuple[str, str] | None:
+        """(master, slave) of a key still held on the destination side, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT master, slave FROM e2e_keys WHERE key_id=? AND"
+                                   " side='dst'", (key_id,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def take_chunk(self, session_id: str, side: str, idx: int, sae: str) -> E2EKey | None:
+        """ETSI 004 GET_KEY: the chunk at ``idx`` for this side's application, once."""
+        with self.tx() as db:
+            row = db.execute("SELECT key_id, size, master, slave, key FROM e2e_keys WHERE"
+                             " session_id=? AND side=? AND idx=?", (session_id, side, idx)
+                             ).fetchone()
+            if row is None:
+                return None
+            self._deliver(db, session_id, side, sae, [row[0]])
+        return E2EKey(row[0], session_id, idx, row[1], row[2], row[3], row[4])
+
+    def was_delivered(self, key_id: str, side: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM delivered WHERE key_id=? AND side=?",
+                                    (key_id, side)).fetchone() is not None
+
+    def max_idx(self, session_id: str) -> int:
+        """Highest chunk/key index ever produced for a session (held or delivered), or -1."""
+        with self._lock:
+            a = self._db.execute("SELECT max(idx) FROM e2e_keys WHERE session_id=?",
+                                 (session_id,)).fetchone()[0]
+        c = self.counter(f"idx:{session_id}")
+        return max(a if a is not None else -1, c - 1)
+
+    def drop_session_keys(self, session_id: str, side: str | None = None) -> int:
+        with self.tx() as db:
+            if side is None:
+                return db.execute("DELETE FROM e2e_keys WHERE session_id=?", (session_id,)
+                                  ).rowcount
+            return db.execute("DELETE FROM e2e_keys WHERE session_id=? AND side=?",
+                              (session_id, side)).rowcount
+
+    def expire_e2e(self, older_than: float) -> int:
+        with self.tx() as db:
+            return db.execute("DELETE FROM e2e_keys WHERE created < ?", (older_than,)).rowcount
+
+    # -- counters (monotonic, e.g. next chunk index of a stream) ------------------------------
+
+    @staticmethod
+    def bump(db: sqlite3.Connection, name: str, by: int) -> int:
+        """Within a transaction: add ``by`` and return the value before."""
+        row = db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+        before = row[0] if row else 0
+        db.execute("INSERT INTO counters VALUES (?,?) ON CONFLICT(name) DO UPDATE SET value=?",
+                   (name, before + by, before + by))
+        return before
+
+    def counter(self, name: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+        return row[0] if row else 0
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def save_session(self, session_id: str, data: dict[str, Any]) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO sessions VALUES (?,?) ON CONFLICT(session_id) DO UPDATE SET"
+                       " data=excluded.data", (session_id, json.dumps(data)))
+
+    def delete_session(self, session_id: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM sessions WHERE session_id=?", (session_id,))
+
+    def load_sessions(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(r[0]) for r in self._db.execute("SELECT data FROM sessions")]

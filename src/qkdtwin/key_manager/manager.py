@@ -1,0 +1,820 @@
+"""The Key Manager: one object tying sessions, pools, scheduler, relay and control together.
+
+The HTTP layers (etsi014, etsi004, kmapi) validate input and call the methods here; every
+refusal is a :class:`KmError` that they turn into the right ETSI answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from qkdtwin.bus import Bus
+from qkdtwin.key_manager import relay as rl
+from qkdtwin.key_manager.config import KmConfig
+from qkdtwin.key_manager.control import Control, ControlUnavailable
+from qkdtwin.key_manager.forwarding import Entry, ForwardingTable
+from qkdtwin.key_manager.identity import Identity
+from qkdtwin.key_manager.keystore import E2EKey, KeyStore, NotFound, WrongOwner
+from qkdtwin.key_manager.linkpool import LinkPool
+from qkdtwin.key_manager.metrics import Metrics
+from qkdtwin.key_manager.peers import HttpClient, PeerError
+from qkdtwin.key_manager.scheduler import Job, LinkScheduler
+from qkdtwin.key_manager.sessions import (
+    KEY_EXCHANGING,
+    OPERATIVE,
+    TERMINATED,
+    USER_ACCEPTED,
+    Session,
+    SessionTable,
+    session_id_014,
+)
+from qkdtwin.key_manager.token_bucket import TokenBucket
+
+log = logging.getLogger("qkdtwin.key_manager")
+
+
+class KmError(Exception):
+    """A refused request. ``kind`` picks the HTTP status / ETSI 004 code in the API layer."""
+
+    HTTP = {"bad_request": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404,
+            "conflict": 409, "refused": 400, "unavailable": 503, "rate": 503,
+            "insufficient": 503}
+
+    def __init__(self, kind: str, message: str, details: list[dict[str, Any]] | None = None,
+                 status004: int | None = None, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.details = details or []
+        self.status004 = status004
+        self.extra = extra or {}
+
+    @property
+    def http(self) -> int:
+        return self.HTTP[self.kind]
+
+
+@dataclass
+class OpenResult:
+    status: int
+    session: Session
+    message: str
+
+
+class KeyManager:
+    def __init__(self, cfg: KmConfig, bus: Bus | None = None) -> None:
+        self.cfg = cfg
+        self.node = cfg.node
+        self.store = KeyStore(cfg.data_dir / "km.sqlite")
+        self.metrics = Metrics()
+        self.control = Control(cfg.node, bus, cfg.control_timeout_s)
+        self.peers = HttpClient(cfg.ca, cfg.cert, cfg.key, pool=cfg.threads)
+        self.modules = HttpClient(cfg.ca, cfg.cert, cfg.key, pool=4)
+        self.forwarding = ForwardingTable()
+        self.sessions = SessionTable(self._on_state, self._save)
+        self.pools: dict[str, LinkPool] = {}
+        self.pool_by_peer: dict[str, LinkPool] = {}
+        self.schedulers: dict[str, LinkScheduler] = {}
+        for lc in cfg.links:
+            pool = LinkPool(cfg.node, lc, cfg.pool, self.store, self.peers, self.modules,
+                            self._pool_changed)
+            self.pools[lc.link] = pool
+            self.pool_by_peer[lc.peer] = pool
+            self.schedulers[lc.link] = LinkScheduler(lc.link, pool.own_bytes)
+            self.metrics.pool_bits.labels(link=lc.link).set_function(pool.level_bits)
+        self._arrivals = threading.Condition()
+        self._stop = threading.Event()
+        self._demanded: dict[str, int] = {}
+        self._demand_lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> KeyManager:
+        self._restore()
+        for sched in self.schedulers.values():
+            sched.start()
+        for pool in self.pools.values():
+            pool.start()
+        self.control.start(self.on_config, self.on_delete)
+        threading.Thread(target=self._housekeeping, daemon=True, name="km-timers").start()
+        log.info("key manager %s started", self.node,
+                 extra={"links": [lc.link for lc in self.cfg.links]})
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for sched in self.schedulers.values():
+            sched.stop()
+        for pool in self.pools.values():
+            pool.stop()
+        self.control.stop()
+        self.store.close()
+
+    def _restore(self) -> None:
+        """Sessions that were operative before a restart stay so; half-open ones are gone."""
+        for d in self.store.load_sessions():
+            s = Session.from_dict(d)
+            if s.state in (OPERATIVE, KEY_EXCHANGING) and s.role:
+                s.state = OPERATIVE
+                s.touch()
+                self.sessions.put(s)
+                cfg = d.get("forwarding") or {}
+                self.forwarding.set(s.session_id, Entry(s.role, cfg.get("prev_hop"),
+                                                        cfg.get("next_hop")))
+            else:
+                self.store.delete_session(s.session_id)
+
+    def health(self) -> dict[str, Any]:
+        db = self.store.ok()
+        return {"ok": db, "node": self.node, "db": db, "broker": self.control.connected,
+                "links": {link: {"status": p.status, "pool_bits": p.level_bits()}
+                          for link, p in self.pools.items()},
+                "sessions": self.sessions.counts()}
+
+    # -- state changes -----------------------------------------------------------------------
+
+    def _save(self, s: Session) -> None:
+        if s.state == TERMINATED:
+            self.store.delete_session(s.session_id)
+            return
+        d = s.to_dict()
+        e = self.forwarding.get(s.session_id)
+        if e:
+            d["forwarding"] = {"prev_hop": e.prev_hop, "next_hop": e.next_hop}
+        self.store.save_session(s.session_id, d)
+
+    def _on_state(self, s: Session, old: str, new: str) -> None:
+        self.metrics.transitions.labels(state=new).inc()
+        gate = 0.5 if new in (KEY_EXCHANGING, OPERATIVE) and old in (KEY_EXCHANGING,
+                                                                      OPERATIVE) else 0.0
+        self.control.event("session_state", s.session_id, gate_s=gate, old=old, new=new,
+                           api=s.api, role=s.role, reason=s.reason)
+
+    def _begin_exchange(self, s: Session) -> None:
+        s.touch()
+        with s.cond:
+            s.exchanging += 1
+        if s.state == OPERATIVE:
+            self.sessions.transition(s, KEY_EXCHANGING)
+
+    def _end_exchange(self, s: Session) -> None:
+        s.touch()
+        with s.cond:
+            s.exchanging -= 1
+            last = s.exchanging <= 0
+        if last and s.state == KEY_EXCHANGING:
+            self.sessions.transition(s, OPERATIVE)
+
+    def _pool_changed(self, link: str) -> None:
+        sched = self.schedulers.get(link)
+        if sched:
+            sched.key_arrived()
+
+    # -- control plane in --------------------------------------------------------------------
+
+    def on_config(self, p: dict[str, Any]) -> None:
+        """``session_config`` from admission control (new session or ``update``)."""
+        sid = p.get("session_id")
+        role = p.get("role")
+        if not isinstance(sid, str) or role not in ("source", "transit", "destination"):
+            log.warning("ignoring malformed session_config", extra={"payload": p})
+            return
+        prev_hop, next_hop = p.get("prev_hop"), p.get("next_hop")
+        for hop in (prev_hop, next_hop):
+            if hop is not None and hop not in self.pool_by_peer:
+                log.warning("session_config names %s, not a neighbour of %s", hop, self.node,
+                            extra={"session_id": sid})
+                self.control.event("config_refused", sid, reason=f"{hop} is not a neighbour")
+                return
+        s = self.sessions.get(sid)
+        if s is None or s.state == TERMINATED:
+            s = Session(session_id=sid, api=str(p.get("api", "014")), state=OPERATIVE)
+            self.sessions.put(s)
+            fresh = True
+        else:
+            fresh = False
+        with s.cond:
+            s.role = role
+            s.priority = int(p.get("priority", s.priority))
+            b = p.get("bucket") or {}
+            if b:
+                if s.bucket is None:
+                    s.bucket = TokenBucket(b.get("size_bits", 1e12), b.get("rate_bps", 1e12))
+                else:
+                    s.bucket.reconfigure(b.get("size_bits", 1e12), b.get("rate_bps", 1e12))
+            s.timeout_s = float(p.get("timeout_s", s.timeout_s))
+            s.local_sae_id = p.get("local_sae_id") or s.local_sae_id
+            s.peer_sae_id = p.get("peer_sae_id") or s.peer_sae_id
+            s.user = p.get("user") or s.user
+            if p.get("peer_km"):
+                s.peer_km = p["peer_km"]
+            s.touch()
+        old = self.forwarding.set(sid, Entry(role, prev_hop, next_hop))
+        if p.get("update") and old is not None:
+            self.control.event("forwarding_update", sid, role=role, prev_hop=prev_hop,
+                               next_hop=next_hop, old_prev_hop=old.prev_hop,
+                               old_next_hop=old.next_hop)
+        if s.state == USER_ACCEPTED:
+            self.sessions.transition(s, OPERATIVE)
+        else:
+            self._save(s)
+        self.control.event("session_configured", sid, role=role, prev_hop=prev_hop,
+                           next_hop=next_hop, priority=s.priority, fresh=fresh)
+        if role == "source":
+            self._maybe_prefetch(s)
+
+    def on_delete(self, p: dict[str, Any]) -> None:
+        sid = p.get("session_id")
+        if not isinstance(sid, str):
+            return
+        s = self.sessions.get(sid)
+        self.forwarding.remove(sid)
+        if s is not None:
+            if p.get("counter_qos"):
+                s.qos["counter_qos"] = p["counter_qos"]
+            self.sessions.transition(s, TERMINATED, str(p.get("reason", "deleted")))
+            self._release(s)
+        self.control.deletion_confirm(sid)
+        self.control.event("session_deleted", sid, reason=p.get("reason"))
+
+    def _release(self, s: Session) -> None:
+        """Free what a terminated session holds. ETSI 014 keys already made for a slave stay
+        until their TTL: the master may have them and pass the IDs on later."""
+        if s.api == "004":
+            self.store.drop_session_keys(s.session_id)
+        else:
+            self.store.drop_session_keys(s.session_id, "src")
+        with self._arrivals:
+            self._arrivals.notify_all()
+
+    # -- establishing a session (AUTHENTICATING → USER_ACCEPTED → OPERATIVE) -------------------
+
+    def authenticate(self, ident: Identity, peer_sae_id: str | None) -> dict[str, Any]:
+        if ident.ou != "sae":
+            raise KmError("unauthorized", "client certificate is not an application (SAE)"
+                          " certificate", status004=10)
+        try:
+            rep = self.control.authenticate(ident.as_dict(), peer_sae_id)
+        except ControlUnavailable as exc:
+            raise KmError("unavailable", str(exc), status004=4) from None
+        if not rep.get("ok"):
+            raise KmError("unauthorized", f"SAE {ident.cn} not authorised: "
+                          f"{rep.get('reason', 'refused by access control')}", status004=10)
+        return rep
+
+    def _establish(self, s: Session, ident: Identity, peer: str, api: str,
+                   qos: dict[str, Any], wait_s: float) -> None:
+        """Drive a new session to OPERATIVE; on return it may still be USER_ACCEPTED (004)."""
+        self.control.event("session_request", s.session_id, api=api, sae_id=ident.cn,
+                           peer_sae_id=peer)
+        try:
+            rep = self.authenticate(ident, peer)
+        except KmError as exc:
+            self.sessions.transition(s, TERMINATED, exc.message)
+            raise
+        s.user = rep.get("user") or ident.o
+        self.sessions.transition(s, USER_ACCEPTED)
+        try:
+            self.control.config_request(s.session_id, s.user or "", ident.cn, peer, api, qos)
+        except ControlUnavailable as exc:
+            self.sessions.transition(s, TERMINATED, str(exc))
+            raise KmError("unavailable", str(exc), status004=4) from None
+        with s.cond:
+            s.cond.wait_for(lambda: s.state != USER_ACCEPTED, wait_s)
+
+    def _wait_live(self, s: Session, wait_s: float) -> None:
+        with s.cond:
+            s.cond.wait_for(lambda: s.state != USER_ACCEPTED and s.state != "AUTHENTICATING",
+                            wait_s)
+
+    def _refusal(self, s: Session) -> KmError:
+        reason = s.reason or "session terminated"
+        if reason.startswith("not authorised") or "not authorised" in reason:
+            return KmError("unauthorized", reason, status004=10)
+        return KmError("refused", f"request refused by the control plane: {reason}",
+                       status004=7 if s.qos.get("counter_qos") else 4,
+                       extra={"qos": s.qos.get("counter_qos")} if s.qos.get("counter_qos")
+                       else None)
+
+    # -- ETSI 014 ----------------------------------------------------------------------------
+
+    def open_014(self, ident: Identity, slave: str, priority: int | None) -> Session:
+        sid = session_id_014(ident.cn, slave)
+        pr = self.cfg.default_priority if priority is None else priority
+
+        def factory() -> Session:
+            return Session(session_id=sid, api="014", local_sae_id=ident.cn, peer_sae_id=slave,
+                           key_size=self.cfg.key_size, priority=pr, apps={ident.cn: "src"})
+
+        s, created = self.sessions.get_or_create(sid, factory)
+        if created:
+            qos = {"key_chunk_size": self.cfg.key_size // 8, "priority": pr,
+                   "timeout": int(self.cfg.control_timeout_s * 1000)}
+            self._establish(s, ident, slave, "014", qos, self.cfg.control_timeout_s)
+        else:
+            self._wait_live(s, self.cfg.control_timeout_s)
+        if s.state == USER_ACCEPTED:
+            self.sessions.transition(s, TERMINATED, "admission control did not configure the"
+                                     " session in time")
+            self.control.close_request(sid, "timeout")
+            raise KmError("unavailable", "admission control did not configure the session in"
+                          " time")
+        if s.state == TERMINATED:
+            raise self._refusal(s)
+        if s.role != "source":
+            raise KmError("refused", f"this KM is not the source of session {sid}")
+        return s
+
+    def status_014(self, ident: Identity, slave: str) -> dict[str, Any]:
+        s = self.open_014(ident, slave, None)
+        if s.peer_km is None:
+            with s.cond:
+                s.cond.wait_for(lambda: s.peer_km is not None, 1.0)
+        e = self.forwarding.get(s.session_id)
+        ready = self.store.ready_count(s.session_id, "src", s.key_size)
+        link_bytes = 0
+        if e and e.next_hop:
+            link_bytes = self.pool_by_peer[e.next_hop].own_bytes()
+        lim = self.cfg.limits
+        return {
+            "source_KME_ID": self.node,
+            "target_KME_ID": s.peer_km or (e.next_hop if e and e.next_hop else self.node),
+            "master_SAE_ID": ident.cn, "slave_SAE_ID": slave,
+            "key_size": s.key_size,
+            "stored_key_count": ready + link_bytes // (s.key_size // 8 + rl.MAC_KEY_BYTES),
+            "max_key_count": lim.max_key_count,
+            "max_key_per_request": lim.max_keys_per_request,
+            "max_key_size": lim.max_key_size, "min_key_size": lim.min_key_size,
+            "max_SAE_ID_count": 0,
+            "status_extension": {"session_id": s.session_id, "priority": s.priority,
+                                 "state": s.state},
+        }
+
+    def enc_keys(self, ident: Identity, slave: str, number: int, size: int,
+                 priority: int | None) -> list[E2EKey]:
+        s = self.open_014(ident, slave, priority)
+        bits = number * size
+        if s.bucket is not None and not s.bucket.take(bits):
+            wait = s.bucket.retry_after(bits)
+            self.metrics.refused.labels(reason="token_bucket").inc()
+            if math.isinf(wait):
+                raise KmError("bad_request", f"request of {bits} bits exceeds the session's"
+                              f" token bucket of {int(s.bucket.size)} bits")
+            raise KmError("rate", "key request rate exceeds the session's token bucket",
+                          [{"retry_after_s": round(wait, 3),
+                            "rate_bps": s.bucket.rate, "size_bits": s.bucket.size}])
+        self._begin_exchange(s)
+        try:
+            keys = self._take_src(s, number, size, ident.cn)
+            if not keys:
+                if s.bucket is not None:
+                    s.bucket.give_back(bits)
+                self.metrics.refused.labels(reason="insufficient").inc()
+                raise KmError("insufficient", "not enough key available for this SAE pair"
+                              " right now; retry later")
+        finally:
+            self._end_exchange(s)
+        self.control.key_request(s.session_id, bits)
+        self.control.event("keys_delivered", s.session_id, gate_s=0.2, api="014",
+                           sae_id=ident.cn, number=number, size=size)
+        self.metrics.delivered.labels(api="014").inc(number)
+        self._maybe_prefetch(s)
+        return keys
+
+    def _take_src(self, s: Session, number: int, size: int, sae: str) -> list[E2EKey]:
+        keys = self.store.take_ready(s.session_id, size, number, sae)
+        deadline = time.monotonic() + self.cfg.request_wait_s
+        while not keys:
+            left = deadline - time.monotonic()
+            if left <= 0 or not s.live:
+                return []
+            extra = self.cfg.prefetch_keys if size == s.key_size else 0
+            job = self._produce(s, number + extra, size, prefetch=False)
+            if not job.done.wait(left):
+                job.cancelled = True
+                return []
+            if job.error is not None:
+                log.warning("key production failed: %s", job.error,
+                            extra={"session_id": s.session_id})
+                if isinstance(job.error, KmError) and job.error.kind != "insufficient":
+                    raise job.error
+                time.sleep(0.05)
+            keys = self.store.take_ready(s.session_id, size, number, sae)
+        return keys
+
+    def dec_keys(self, ident: Identity, master: str, key_ids: list[str]) -> list[E2EKey]:
+        if ident.ou != "sae":
+            raise KmError("unauthorized", "client certificate is not an application (SAE)"
+                          " certificate")
+        owners = {self.store.owner_of(k) for k in key_ids} - {None}
+        if any(o[1] != ident.cn for o in owners):  # keys exist but were made for someone else
+            self.metrics.refused.labels(reason="wrong_slave").inc()
+            raise KmError("unauthorized", f"SAE {ident.cn} is not the slave SAE these keys"
+                          " were made for")
+        self.authenticate(ident, master)
+        try:
+            keys = self.store.take_by_ids(master, ident.cn, key_ids)
+        except WrongOwner:
+            raise KmError("unauthorized", f"SAE {ident.cn} is not the slave SAE these keys"
+                          " were made for") from None
+        except NotFound:
+            raise KmError("bad_request", "one or more keys specified are not found on KME"
+                          ) from None
+        for sid in {k.session_id for k in keys}:
+            s = self.sessions.get(sid)
+            if s is not None:
+                s.touch()
+        self.control.event("keys_delivered", keys[0].session_id, gate_s=0.2, api="014",
+                           sae_id=ident.cn, number=len(keys), side="slave")
+        self.metrics.delivered.labels(api="014").inc(len(keys))
+        return keys
+
+    # -- ETSI 004 ----------------------------------------------------------------------------
+
+    def open_connect(self, ident: Identity, source: str, destination: str,
+                     qos: dict[str, Any], stream_id: str | None) -> OpenResult:
+        if ident.cn not in (source, destination):
+            raise KmError("unauthorized", f"SAE {ident.cn} is neither source nor destination",
+                          status004=10)
+        peer = destination if ident.cn == source else source
+        sid = stream_id or str(uuid.uuid4())
+        chunk = int(qos.get("key_chunk_size") or self.cfg.key_size // 8)
+        wait_s = min(self.cfg.request_wait_s, (qos.get("timeout") or 1000) / 1000.0)
+        existing = self.sessions.get(sid)
+        if existing is not None and existing.state != TERMINATED:
+            s = existing
+            if ident.cn in s.apps or s.api != "004":
+                return OpenResult(5, s, "key_stream_id already in use")
+            if not (s.local_sae_id in (ident.cn, peer) and s.peer_sae_id in (ident.cn, peer)):
+                return OpenResult(5, s, "key_stream_id already in use")
+            # the second application of a pair on this KM (or config came first)
+            self.authenticate(ident, peer)
+            s.apps[ident.cn] = "?"
+            if s.live:
+                return OpenResult(0, s, "connected")
+            try:
+                self.control.config_request(sid, s.user or ident.o or "", ident.cn, peer, "004",
+                                            self._qos_out(qos, chunk))
+            except ControlUnavailable as exc:
+                raise KmError("unavailable", str(exc), status004=4) from None
+            self._wait_live(s, wait_s)
+        else:
+            s = Session(session_id=sid, api="004", local_sae_id=ident.cn, peer_sae_id=peer,
+                        key_size=chunk * 8, priority=int(qos.get("priority",
+                                                                 self.cfg.default_priority)),
+                        qos=dict(qos), apps={ident.cn: "?"})
+            self.sessions.put(s)
+            self._establish(s, ident, peer, "004", self._qos_out(qos, chunk), wait_s)
+        if s.state == TERMINATED:
+            err = self._refusal(s)
+            if err.status004 == 7:
+                return OpenResult(7, s, err.message)
+            raise err
+        if s.live:
+            return OpenResult(0, s, "connected")
+        return OpenResult(1, s, "connected; peer application not connected yet")
+
+    @staticmethod
+    def _qos_out(qos: dict[str, Any], chunk: int) -> dict[str, Any]:
+        out = {k: qos[k] for k in ("max_bps", "min_bps", "jitter", "priority", "timeout", "ttl")
+               if k in qos}
+        out["key_chunk_size"] = chunk
+        return out
+
+    def _side(self, s: Session, sae: str) -> str:
+        if s.role == "source" and sae == s.local_sae_id:
+            return "src"
+        return "dst"
+
+    def get_key(self, ident: Identity, sid: str, index: int | None,
+                meta_size: int | None) -> dict[str, Any]:
+        s = self.sessions.get(sid)
+        if s is None or ident.cn not in s.apps:
+            raise KmError("not_found", f"no key stream {sid} open for SAE {ident.cn}",
+                          status004=10)
+        if s.state == TERMINATED:
+            return {"status": 4, "message": f"key stream closed: {s.reason}"}
+        if not s.live:
+            return {"status": 3, "message": "peer application not yet connected"}
+        side = self._side(s, ident.cn)
+        pos_name = f"pos:{sid}:{side}"
+        idx = self.store.counter(pos_name) if index is None else index
+        key_id = f"{sid}:{idx}"
+        if self.store.was_delivered(key_id, side):
+            raise KmError("conflict", f"key at index {idx} was already delivered",
+                          status004=10)
+        meta = {"index": idx, "size_bits": s.key_size, "session_id": sid}
+        if meta_size is not None and meta_size < len(str(meta)):
+            return {"status": 8, "message": "metadata buffer too small",
+                    "metadata": {"size": len(str(meta))}}
+        bits = s.key_size
+        if s.bucket is not None and not s.bucket.take(bits):
+            self.metrics.refused.labels(reason="token_bucket").inc()
+            return {"status": 9, "message": "rate limited by the session's token bucket"
+                    " (non-ETSI status)", "retry_after_s": round(s.bucket.retry_after(bits), 3)}
+        self._begin_exchange(s)
+        try:
+            chunk = self._take_chunk(s, side, idx, ident.cn, s.qos.get("timeout"))
+        finally:
+            self._end_exchange(s)
+        if chunk is None:
+            if s.bucket is not None:
+                s.bucket.give_back(bits)
+            return {"status": 2, "message": "insufficient key available", "index": idx}
+        with self.store.tx() as db:
+            cur = self.store.counter(pos_name)
+            if idx >= cur:
+                self.store.bump(db, pos_name, idx + 1 - cur)
+        self.control.key_request(sid, bits)
+        self.control.event("keys_delivered", sid, gate_s=0.2, api="004", sae_id=ident.cn,
+                           index=idx)
+        self.metrics.delivered.labels(api="004").inc()
+        if side == "src":
+            self._maybe_prefetch(s)
+        return {"status": 0, "key_buffer": base64.b64encode(chunk.key).decode(), "index": idx,
+                "metadata": meta}
+
+    def _take_chunk(self, s: Session, side: str, idx: int, sae: str,
+                    timeout_ms: Any) -> E2EKey | None:
+        wait = self.cfg.request_wait_s
+        if isinstance(timeout_ms, int | float) and timeout_ms > 0:
+            wait = min(wait, timeout_ms / 1000.0)
+        deadline = time.monotonic() + wait
+        chunk = self.store.take_chunk(s.session_id, side, idx, sae)
+        asked = False
+        while chunk is None and time.monotonic() < deadline and s.live:
+            if not asked:
+                asked = True
+                self._demand_chunks(s, idx)
+            with self._arrivals:
+                self._arrivals.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            chunk = self.store.take_chunk(s.session_id, side, idx, sae)
+        return chunk
+
+    def _demand_chunks(self, s: Session, idx: int) -> None:
+        """Make sure chunks up to ``idx`` are (being) produced: locally at the source, else by
+        asking the previous hop, which passes the demand on towards the source."""
+        e = self.forwarding.get(s.session_id)
+        if e is None:
+            return
+        if e.role == "source":
+            have = self.store.max_idx(s.session_id)
+            if idx > have:
+                self._produce(s, idx - have + self.cfg.prefetch_chunks, s.key_size,
+                              prefetch=False)
+            return
+        if e.prev_hop is None:
+            return
+        pool = self.pool_by_peer[e.prev_hop]
+        try:
+            self.peers.post(f"{pool.lc.peer_url}/kmapi/v1/demand",
+                            {"session_id": s.session_id, "from_km": self.node, "index": idx},
+                            timeout=2)
+        except PeerError as exc:
+            log.warning("demand towards %s failed: %s", e.prev_hop, exc)
+
+    def demand(self, caller: str, sid: str, idx: int) -> None:
+        """A next hop asks for chunks up to ``idx`` of a stream."""
+        e = self.forwarding.wait(sid, self.cfg.control_timeout_s)
+        if e is None or e.next_hop != caller:
+            raise KmError("forbidden", f"{caller} is not the next hop of session {sid}")
+        s = self.sessions.get(sid)
+        if s is None or not s.live:
+            raise KmError("not_found", f"session {sid} is not live here")
+        if e.role == "source":
+            with self._demand_lock:
+                if self._demanded.get(sid, -1) >= idx:
+                    return
+                self._demanded[sid] = idx
+            self._demand_chunks(s, idx)
+        else:
+            self._demand_chunks(s, idx)
+
+    def close(self, ident: Identity, sid: str) -> dict[str, Any]:
+        s = self.sessions.get(sid)
+        if s is None or ident.cn not in s.apps:
+            raise KmError("not_found", f"no key stream {sid} open for SAE {ident.cn}",
+                          status004=10)
+        s.apps.pop(ident.cn, None)
+        self.control.close_request(sid, "closed")
+        if not s.apps:
+            self.sessions.transition(s, TERMINATED, "closed by the application")
+            self._release(s)
+        return {"status": 0, "message": "closed"}
+
+    # -- key production at the source (runs in the link's priority scheduler) ---------------
+
+    def _produce(self, s: Session, n: int, size: int, prefetch: bool) -> Job:
+        e = self.forwarding.get(s.session_id)
+
+        def run() -> int:
+            return self._make_keys(s, n, size)
+
+        if e is None or e.next_hop is None:  # both applications on this KM
+            job = Job(priority=s.priority, prefetch=prefetch, session_id=s.session_id,
+                      need_bytes=0, run=run)
+            job.sort_key = ()
+            try:
+                job.result = run()
+            except Exception as exc:
+                job.error = exc
+            job.done.set()
+            return job
+        pool = self.pool_by_peer[e.next_hop]
+        need = n * size // 8 + rl.MAC_KEY_BYTES
+        need = math.ceil(need / pool.key_bytes) * pool.key_bytes
+        return self.schedulers[pool.link].submit(Job(
+            priority=s.priority, prefetch=prefetch, session_id=s.session_id, need_bytes=need,
+            run=run))
+
+    def _maybe_prefetch(self, s: Session) -> None:
+        if not s.live or s.role != "source":
+            return
+        if s.api == "004":
+            target = self.cfg.prefetch_chunks
+            ahead = self.store.ready_count(s.session_id, "src")
+            size = s.key_size
+        else:
+            target = self.cfg.prefetch_keys
+            ahead = self.store.ready_count(s.session_id, "src", s.key_size)
+            size = s.key_size
+        if target <= 0 or ahead >= (target + 1) // 2 or s.prefetching:
+            return
+        s.prefetching = True
+        job = self._produce(s, target - ahead, size, prefetch=True)
+
+        def clear() -> None:
+            job.done.wait()
+            s.prefetching = False
+        threading.Thread(target=clear, daemon=True).start()
+
+    def _make_keys(self, s: Session, n: int, size: int) -> int:
+        if not s.live:
+            raise KmError("refused", "session no longer live")
+        e = self.forwarding.get(s.session_id)
+        if e is None or e.role != "source":
+            raise KmError("refused", "this KM is not the source of the session")
+        with self.store.tx() as db:
+            first = self.store.bump(db, f"idx:{s.session_id}", n)
+        keys = []
+        for i in range(n):
+            idx = first + i
+            kid = f"{s.session_id}:{idx}" if s.api == "004" else str(uuid.uuid4())
+            keys.append(E2EKey(kid, s.session_id, idx, size, s.local_sae_id or "",
+                               s.peer_sae_id or "", os.urandom(size // 8)))
+        if e.next_hop is None:
+            with self.store.tx() as db:
+                self.store.put_e2e(db, "dst", keys)
+                self.store.put_e2e(db, "src", keys)
+            s.peer_km = self.node
+        else:
+            t0 = time.monotonic()
+            header = {"session_id": s.session_id, "source_km": self.node, "api": s.api,
+                      "initiator_sae_id": s.local_sae_id or "",
+                      "target_sae_ids": [s.peer_sae_id or ""]}
+            ack = self._send_hop(header, e.next_hop, keys)
+            self.store.put_e2e_keys("src", keys)
+            if ack.get("destination_km"):
+                with s.cond:
+                    s.peer_km = ack["destination_km"]
+                    s.cond.notify_all()
+            self.metrics.relay_seconds.observe(time.monotonic() - t0)
+            self.control.event("relay_ack", s.session_id, keys=n, destination_km=s.peer_km,
+                               ms=round((time.monotonic() - t0) * 1000, 2))
+        with self._arrivals:
+            self._arrivals.notify_all()
+        return n
+
+    def _send_hop(self, header: dict[str, Any], next_hop: str, keys: list[E2EKey]
+                  ) -> dict[str, Any]:
+        pool = self.pool_by_peer[next_hop]
+        values = [k.key for k in keys]
+        need = rl.pad_bytes_needed(values)
+        nkeys = math.ceil(need / pool.key_bytes)
+        with self.store.tx() as db:
+            taken = self.store.take_own_link_keys(db, pool.link, self.node, nkeys)
+        if not taken:
+            raise KmError("insufficient", f"not enough link key on {pool.link}")
+        pad = b"".join(v for _, v in taken)
+        hdr = {**header, "from_km": self.node, "to_km": next_hop, "link": pool.link,
+               "link_key_IDs": [k for k, _ in taken]}
+        entries = [{"key_ID": k.key_id, "index": k.idx, "size": k.size} for k in keys]
+        msg = rl.seal(hdr, entries, values, pad)
+        self.metrics.relay.labels(step="send").inc()
+        self.control.event("relay_send", header["session_id"], to_km=next_hop, link=pool.link,
+                           keys=len(keys), link_keys=len(taken))
+        try:
+            return self.peers.post(f"{pool.lc.peer_url}/kmapi/v1/ext_keys", msg,
+                                   timeout=self.cfg.request_wait_s)
+        except PeerError as exc:
+            raise KmError("unavailable", f"relay to {next_hop} failed: {exc}") from None
+
+    # -- KM-to-KM in -------------------------------------------------------------------------
+
+    def ext_keys(self, caller: str, msg: Any) -> dict[str, Any]:
+        msg = rl.validate_message(msg)
+        sid, link = msg["session_id"], msg["link"]
+        pool = self.pools.get(link)
+        if msg["from_km"] != caller or msg["to_km"] != self.node or pool is None \
+                or pool.lc.peer != caller:
+            raise rl.RelayError(403, f"{caller} may not send on link {link} to {self.node}")
+        e = self.forwarding.wait(sid, self.cfg.control_timeout_s)
+        if e is None:
+            raise rl.RelayError(409, f"no forwarding entry for session {sid}")
+        if e.prev_hop != caller:
+            raise rl.RelayError(403, f"{caller} is not the previous hop of session {sid}")
+        try:
+            with self.store.tx() as db:
+                pads = self.store.take_peer_link_keys(db, link, caller, msg["link_key_IDs"])
+        except NotFound as exc:
+            raise rl.RelayError(400, str(exc)) from None
+        values = rl.open_sealed(msg, b"".join(pads))
+        for k, v in zip(msg["keys"], values, strict=True):
+            if k["size"] != len(v) * 8:
+                raise rl.RelayError(400, f"key {k['key_ID']} is not {k['size']} bits")
+        s = self.sessions.get(sid)
+        if s is not None:
+            s.touch()
+        if e.role == "destination":
+            keys = [E2EKey(k["key_ID"], sid, k["index"], k["size"], msg["initiator_sae_id"],
+                           msg["target_sae_ids"][0], v) for k, v in zip(msg["keys"], values,
+                                                                         strict=True)]
+            try:
+                self.store.put_e2e_keys("dst", keys)
+            except sqlite3.IntegrityError:
+                raise rl.RelayError(409, "key IDs already present") from None
+            with self._arrivals:
+                self._arrivals.notify_all()
+            self.metrics.relay.labels(step="receive").inc()
+            self.control.event("relay_receive", sid, from_km=caller, keys=len(keys),
+                               source_km=msg["source_km"])
+            return {"ack": True, "destination_km": self.node,
+                    "key_IDs": [{"key_ID": k.key_id} for k in keys]}
+        if e.role == "transit" and e.next_hop:
+            self.metrics.relay.labels(step="forward").inc()
+            self.control.event("relay_forward", sid, from_km=caller, to_km=e.next_hop,
+                               keys=len(values))
+            keys = [E2EKey(k["key_ID"], sid, k["index"], k["size"], "", "", v)
+                    for k, v in zip(msg["keys"], values, strict=True)]
+            header = {k: msg[k] for k in ("session_id", "source_km", "api", "initiator_sae_id",
+                                          "target_sae_ids")}
+            try:
+                return self._send_hop(header, e.next_hop, keys)
+            except KmError as exc:
+                raise rl.RelayError(503, exc.message) from None
+        raise rl.RelayError(409, f"{self.node} is the {e.role} of session {sid}")
+
+    def link_keys(self, caller: str, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("link"), str):
+            raise KmError("bad_request", "link_keys body needs link and keys")
+        pool = self.pools.get(body["link"])
+        if pool is None or pool.lc.peer != caller or pool.lc.side != "b":
+            raise KmError("forbidden", f"{caller} may not announce keys of {body['link']}")
+        keys = body.get("keys")
+        if not isinstance(keys, list) or not all(
+                isinstance(k, dict) and isinstance(k.get("key_ID"), str)
+                and k.get("owner") in (self.node, caller) for k in keys):
+            raise KmError("bad_request", "keys must be a list of {key_ID, owner}")
+        try:
+            n = pool.receive(keys)
+        except PeerError as exc:
+            raise KmError("bad_request" if exc.status and exc.status < 500 else "unavailable",
+                          f"module: {exc}") from None
+        return {"ok": True, "stored": n}
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        last_slow = 0.0
+        while not self._stop.wait(0.25):
+            try:
+                now = time.monotonic()
+                for s in self.sessions.all():
+                    if (s.live and s.apps and s.state == OPERATIVE
+                            and now - s.last_activity > s.timeout_s):
+                        if self.sessions.transition(s, TERMINATED, "timeout"):
+                            self.control.close_request(s.session_id, "timeout")
+                            self._release(s)
+                if now - last_slow > 5.0:
+                    last_slow = now
+                    self.sessions.purge()
+                    self.store.expire_e2e(time.time() - self.cfg.undelivered_ttl_s)
+                    counts = self.sessions.counts()
+                    for state in (OPERATIVE, KEY_EXCHANGING, USER_ACCEPTED, TERMINATED):
+                        self.metrics.sessions.labels(state=state).set(counts.get(state, 0))
+                    for link, pool in self.pools.items():
+                        n = sum(1 for e in self.forwarding.snapshot().values()
+                                if e.next_hop == pool.lc.peer or e.prev_hop == pool.lc.peer)
+                        self.control.telemetry(link, pool_bits=pool.level_bits(), sessions=n,
+                                               status=pool.status)
+            except Exception:
+                log.exception("housekeeping failed")

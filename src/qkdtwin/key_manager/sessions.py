@@ -1,0 +1,163 @@
+"""Sessions of a Key Manager and their state machine (DESIGN.md §6).
+
+AUTHENTICATING → USER_ACCEPTED → OPERATIVE ⇄ KEY_EXCHANGING → TERMINATED; a refusal at any
+step also ends in TERMINATED. Sessions configured by the control plane without a local
+application (transit KMs, the ETSI 014 slave's KM) start in OPERATIVE.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qkdtwin.key_manager.token_bucket import TokenBucket
+
+AUTHENTICATING = "AUTHENTICATING"
+USER_ACCEPTED = "USER_ACCEPTED"
+OPERATIVE = "OPERATIVE"
+KEY_EXCHANGING = "KEY_EXCHANGING"
+TERMINATED = "TERMINATED"
+
+TRANSITIONS = {
+    AUTHENTICATING: {USER_ACCEPTED, TERMINATED},
+    USER_ACCEPTED: {OPERATIVE, TERMINATED},
+    OPERATIVE: {KEY_EXCHANGING, TERMINATED, OPERATIVE},
+    KEY_EXCHANGING: {OPERATIVE, KEY_EXCHANGING, TERMINATED},
+    TERMINATED: set(),
+}
+
+_NS = uuid.UUID("6f1c3a52-8d0e-4b7e-9a51-2c4d5e6f7a8b")
+
+
+def session_id_014(master: str, slave: str) -> str:
+    """The session id a KM derives for an ETSI 014 (master, slave) pair."""
+    return str(uuid.uuid5(_NS, f"014|{master}|{slave}"))
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+@dataclass
+class Session:
+    session_id: str
+    api: str                                 # "014" or "004"
+    state: str = AUTHENTICATING
+    role: str | None = None                  # source | transit | destination
+    local_sae_id: str | None = None
+    peer_sae_id: str | None = None
+    user: str | None = None
+    priority: int = 5
+    bucket: TokenBucket | None = None
+    timeout_s: float = 60.0
+    key_size: int = 256                      # bits: 014 default size, 004 chunk size
+    peer_km: str | None = None
+    qos: dict[str, Any] = field(default_factory=dict)
+    apps: dict[str, str] = field(default_factory=dict)   # local SAE → 'src' | 'dst'
+    reason: str | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+    cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    prefetching: bool = False
+    exchanging: int = 0                      # requests in flight (KEY_EXCHANGING while > 0)
+    terminated_at: float | None = None
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    @property
+    def live(self) -> bool:
+        return self.state in (OPERATIVE, KEY_EXCHANGING)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "api": self.api, "state": self.state,
+                "role": self.role, "local_sae_id": self.local_sae_id,
+                "peer_sae_id": self.peer_sae_id, "user": self.user, "priority": self.priority,
+                "bucket": ({"size_bits": self.bucket.size, "rate_bps": self.bucket.rate}
+                           if self.bucket else None),
+                "timeout_s": self.timeout_s, "key_size": self.key_size,
+                "peer_km": self.peer_km, "qos": self.qos, "apps": self.apps,
+                "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Session:
+        b = d.get("bucket")
+        return cls(session_id=d["session_id"], api=d["api"], state=d["state"], role=d["role"],
+                   local_sae_id=d.get("local_sae_id"), peer_sae_id=d.get("peer_sae_id"),
+                   user=d.get("user"), priority=d.get("priority", 5),
+                   bucket=TokenBucket(b["size_bits"], b["rate_bps"]) if b else None,
+                   timeout_s=d.get("timeout_s", 60.0), key_size=d.get("key_size", 256),
+                   peer_km=d.get("peer_km"), qos=d.get("qos") or {}, apps=d.get("apps") or {},
+                   reason=d.get("reason"))
+
+
+class SessionTable:
+    """All sessions of this KM, with state changes reported to ``on_change``."""
+
+    def __init__(self, on_change: Callable[[Session, str, str], None],
+                 save: Callable[[Session], None]) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        self._on_change = on_change
+        self._save = save
+
+    def get(self, session_id: str) -> Session | None:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def put(self, s: Session) -> None:
+        with self._lock:
+            self._sessions[s.session_id] = s
+
+    def get_or_create(self, session_id: str, factory: Callable[[], Session]
+                      ) -> tuple[Session, bool]:
+        """The existing session unless terminated; else a new one from ``factory``."""
+        with self._lock:
+            s = self._sessions.get(session_id)
+            if s is not None and s.state != TERMINATED:
+                return s, False
+            s = factory()
+            self._sessions[session_id] = s
+            return s, True
+
+    def all(self) -> list[Session]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def transition(self, s: Session, new: str, reason: str | None = None) -> bool:
+        """Move ``s`` to ``new``; False if it is already terminated (nothing changes)."""
+        with s.cond:
+            old = s.state
+            if old == TERMINATED:
+                return False
+            if new not in TRANSITIONS[old]:
+                raise InvalidTransition(f"{old} → {new}")
+            s.state = new
+            if reason:
+                s.reason = reason
+            if new == TERMINATED:
+                s.terminated_at = time.monotonic()
+            s.cond.notify_all()
+        if old != new:
+            if new in (OPERATIVE, TERMINATED, USER_ACCEPTED) and not (
+                    old == KEY_EXCHANGING and new == OPERATIVE):
+                self._save(s)
+            self._on_change(s, old, new)
+        return True
+
+    def purge(self, older_than_s: float = 600.0) -> None:
+        """Forget sessions terminated long ago."""
+        limit = time.monotonic() - older_than_s
+        with self._lock:
+            for sid in [k for k, s in self._sessions.items()
+                        if s.terminated_at is not None and s.terminated_at < limit]:
+                del self._sessions[sid]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.all():
+            out[s.state] = out.get(s.state, 0) + 1
+        return out
