@@ -139,3 +139,32 @@ def test_connection_plugin_documentation():
     assert "qkdtwin_netns" in names and "ansible_host" in names
     assert module.Connection.has_pipelining is True
     assert module.Connection.transport == "netns"
+
+
+# --- pure helpers of the netns runtime (names and impairment translation; no root needed)
+
+
+def test_runtime_names_fit_linux_limits(line3):
+    from qkdtwin.runtime import netns
+
+    assert netns.bridge_name(line3) == "qt-line3"
+    line3.name = "a-very-long-lab-name"
+    br = netns.bridge_name(line3)
+    assert len(br) <= 15 and br.startswith("qt-a-very")
+    line3.name = "a-very-long-lab-nameX"
+    assert netns.bridge_name(line3) != br
+    names = {netns.mgmt_host_ifname(line3, n) for n in line3.nodes}
+    assert len(names) == len(line3.nodes) and all(len(n) <= 15 for n in names)
+
+
+def test_impairment_translation():
+    from qkdtwin.runtime import netns
+
+    assert netns._netem_args({"delay_ms": 2.0, "jitter_ms": 0.5, "loss_percent": 1.0,
+                              "rate_mbit": 100.0}) == [
+        "netem", "delay", "2ms", "0.5ms", "loss", "1%", "rate", "100mbit"]
+    tbf = netns._tbf_args(100.0)
+    assert tbf[:3] == ["tbf", "rate", "100mbit"] and int(tbf[4]) == 125000
+    assert netns._applied_from_qdisc(
+        {"kind": "tbf", "options": {"rate": 12500000}}) == {"rate_mbit": 100.0}
+    assert netns._applied_from_qdisc({"kind": "pfifo_fast"}) == {}

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from qkdtwin.topology import check_lab, load_lab, resolve_lab_path
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    """Progress line; a closed stdout (`| head`) must not abort a half-done up/down."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

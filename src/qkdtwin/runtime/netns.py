@@ -410,29 +410,37 @@ def _apply_loss_tables(lab: Lab, rules: dict[str, list[str]], log: Log,
 # --------------------------------------------------------------------------- down
 
 
-def _kill_namespace_processes(ns: str, log: Log, grace: float = 5.0) -> int:
+def _lab_pids(nss: list[str]) -> dict[str, list[int]]:
     me = os.getpid()
-    pids = [p for p in ns_pids(ns) if p != me]
-    if not pids:
-        return 0
+    return {ns: [p for p in ns_pids(ns) if p != me] for ns in nss}
+
+
+def _stop_processes(nss: list[str], log: Log, grace: float = 5.0) -> None:
+    """SIGTERM every process of the lab at once (supervisord stops its children), wait,
+    then SIGKILL what is left."""
+    first = {ns: pids for ns, pids in _lab_pids(nss).items() if pids}
+    if not first:
+        return
+    left = first
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 3.0)):
-        for p in pids:
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
+        for pids in left.values():
+            for p in pids:
+                try:
+                    os.kill(p, sig)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            pids = [p for p in ns_pids(ns) if p != me]
-            if not pids:
+        while True:
+            left = {ns: pids for ns, pids in _lab_pids(list(left)).items() if pids}
+            if not left or time.monotonic() > deadline:
                 break
-            time.sleep(0.1)
-        if not pids:
+            time.sleep(0.05)
+        if not left:
             break
-    left = [p for p in ns_pids(ns) if p != me]
+    for ns, pids in sorted(first.items()):
+        log(f"{ns}: stopped {len(pids)} process(es)")
     if left:
-        raise RuntimeFailure(f"{ns}: processes {left} survived SIGKILL")
-    return 1
+        raise RuntimeFailure(f"processes survived SIGKILL: {left}")
 
 
 def down(lab: Lab, log: Log = print) -> None:
@@ -443,11 +451,7 @@ def down(lab: Lab, log: Log = print) -> None:
     # Only names of this lab: a stale state file must not make us delete another lab's.
     known = {ns for ns in known if ns.startswith(f"clab-{lab.name}-")}
     present = namespaces() & known
-    for ns in sorted(present):
-        count = len([p for p in ns_pids(ns) if p != os.getpid()])
-        if count:
-            _kill_namespace_processes(ns, log)
-            log(f"{ns}: stopped {count} process(es)")
+    _stop_processes(sorted(present), log)
     for ns in sorted(present):
         _run(["ip", "netns", "del", ns])
         log(f"{ns}: namespace removed (with its veths and nftables table)")
