@@ -29,7 +29,6 @@ import regex
 import yaml
 
 from qkdtwin.errors import UserError
-from qkdtwin.quantum.params import validate_qkd_vars
 
 ROLES = ("km", "sdn", "access", "admission", "routing", "monitor", "broker", "app")
 # Roles that must exist exactly once in a lab (the control plane and the broker).
@@ -375,6 +374,13 @@ def validate_impairment(d: Any) -> list[str]:
     if not problems and d.get("jitter_ms") and not d.get("delay_ms"):
         problems.append(".jitter_ms: needs delay_ms (jitter varies the delay)")
     return problems
+
+
+def validate_qkd_vars(d: Any) -> list[str]:
+    """The quantum channel rules belong to qkdtwin.quantum.params (one message per problem)."""
+    from qkdtwin.quantum.params import validate_qkd_vars as check
+
+    return check(d)
 
 
 def _prefix_qkd_problem(p: str) -> str:
