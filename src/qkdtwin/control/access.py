@@ -1,0 +1,150 @@
+"""Access Control: authenticates applications for the KMs against the user-profile DB.
+
+Requests on ``qkd/v1/access/in`` (MQTT v5 request/reply):
+
+* ``authenticate`` (from a KM; docs/architecture.md "MQTT messages") → ``auth_result``.
+* ``lookup_sae`` {sae_id} → {ok, sae_id, user, km, status} (admission: where is a peer).
+* ``profile`` {user} → {ok, user, status, sla, applications} (admission: the SLA).
+* ``user_list`` / ``user_add`` {user: record} / ``user_disable`` {name} / ``user_enable``
+  {name} (operator, ``qkdtwin users``) → {ok, users | user | reason}.
+
+Config (besides docs of control.common): ``db`` (default ``<data_dir>/users.db``),
+``users`` (the users file's list) or ``users_file`` (path), ``seed_overwrite`` (bool).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qkdtwin import bus
+from qkdtwin.bus import Message
+from qkdtwin.control.common import Element
+from qkdtwin.control.userdb import InvalidRecord, UserDB
+from qkdtwin.errors import UserError
+from qkdtwin.service import run_service
+
+
+def check_authentication(db: UserDB, req: dict[str, Any]) -> dict[str, Any]:
+    """The decision for one ``authenticate`` request (pure apart from the DB read)."""
+    sae_id = req.get("sae_id")
+    km = req.get("km")
+    cert = req.get("cert") or {}
+    base = {"type": "auth_result", "sae_id": sae_id, "ok": False}
+    if not isinstance(sae_id, str) or not isinstance(cert, dict):
+        return {**base, "reason": "malformed request"}
+    app = db.application(sae_id)
+    if app is None:
+        return {**base, "user": None, "reason": "unknown application"}
+    base["user"] = app["user"]
+    if app["status"] != "active":
+        return {**base, "reason": "user disabled"}
+    if cert.get("cn") != sae_id or cert.get("o") != app["user"] or cert.get("ou", "sae") != "sae":
+        return {**base, "reason": "certificate does not match the application"}
+    fp = app.get("fingerprint")
+    if fp and str(cert.get("fingerprint", "")).lower().replace(":", "") != fp:
+        return {**base, "reason": "certificate fingerprint does not match"}
+    if km is not None and km != app["km"]:
+        return {**base, "reason": f"application is not registered at {km}"}
+    return {**base, "ok": True, "sla": app["sla"], "km": app["km"]}
+
+
+class AccessControl(Element):
+    role = "access"
+    default_port = 9101
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.db = UserDB(config.get("db") or self.data_dir / "users.db")
+        users = config.get("users")
+        if users is None and config.get("users_file"):
+            path = Path(config["users_file"])
+            try:
+                users = (yaml.safe_load(path.read_text()) or {}).get("users", [])
+            except (OSError, yaml.YAMLError, AttributeError) as exc:
+                raise UserError(f"users_file {path}: {exc}") from None
+        try:
+            self.db.seed(users or [], overwrite=bool(config.get("seed_overwrite", False)))
+        except InvalidRecord as exc:
+            raise UserError(f"users: {exc}") from None
+
+    def setup(self) -> None:
+        self.bus.subscribe(bus.ACCESS_IN, self.on_request)
+
+    def healthz(self) -> dict[str, Any]:
+        return {**super().healthz(), "users": len(self.db.list())}
+
+    def on_request(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
+        kind = payload.get("type")
+        self.count(str(kind))
+        handler = {
+            "authenticate": self.authenticate, "lookup_sae": self.lookup_sae,
+            "profile": self.profile, "user_list": self.user_list, "user_add": self.user_add,
+            "user_disable": self.user_disable, "user_enable": self.user_enable,
+        }.get(kind)
+        if handler is None:
+            self.bus.reply(msg, {"type": "error", "ok": False,
+                                 "reason": f"unknown request type {kind!r}"})
+            return
+        try:
+            answer = handler(payload)
+        except InvalidRecord as exc:
+            answer = {"ok": False, "reason": str(exc)}
+        self.bus.reply(msg, answer)
+
+    def authenticate(self, req: dict[str, Any]) -> dict[str, Any]:
+        res = check_authentication(self.db, req)
+        if res["ok"]:
+            self.event("auth_accepted", req.get("session_id"), km=req.get("km"),
+                       sae_id=res["sae_id"], user=res["user"])
+        else:
+            self.event("auth_refused", req.get("session_id"), km=req.get("km"),
+                       sae_id=res.get("sae_id"), user=res.get("user"), reason=res["reason"])
+        return res
+
+    def lookup_sae(self, req: dict[str, Any]) -> dict[str, Any]:
+        app = self.db.application(str(req.get("sae_id")))
+        if not app:
+            return {"type": "sae", "ok": False, "reason": "unknown application"}
+        return {"type": "sae", "ok": True, "sae_id": app["sae_id"], "user": app["user"],
+                "km": app["km"], "status": app["status"]}
+
+    def profile(self, req: dict[str, Any]) -> dict[str, Any]:
+        u = self.db.get(str(req.get("user")))
+        if not u:
+            return {"type": "profile", "ok": False, "reason": "unknown user"}
+        return {"type": "profile", "ok": True, "user": u["name"], "status": u["status"],
+                "sla": u["sla"], "applications": u["applications"]}
+
+    def user_list(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "users", "ok": True, "users": self.db.list()}
+
+    def user_add(self, req: dict[str, Any]) -> dict[str, Any]:
+        u = self.db.upsert(req.get("user"))
+        self.event("user_added", user=u["name"], status=u["status"],
+                   applications=[a["sae_id"] for a in u["applications"]])
+        return {"type": "user", "ok": True, "user": self.db.get(u["name"])}
+
+    def _set_status(self, req: dict[str, Any], status: str) -> dict[str, Any]:
+        name = str(req.get("name"))
+        if not self.db.set_status(name, status):
+            return {"type": "user", "ok": False, "reason": f"unknown user {name}"}
+        self.event("user_" + ("disabled" if status == "disabled" else "enabled"), user=name)
+        return {"type": "user", "ok": True, "user": self.db.get(name)}
+
+    def user_disable(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._set_status(req, "disabled")
+
+    def user_enable(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._set_status(req, "active")
+
+
+def main(config: dict[str, Any]) -> None:
+    AccessControl(config).serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(run_service(main, "qkdtwin Access Control element"))

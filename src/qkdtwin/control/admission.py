@@ -1,0 +1,541 @@
+"""Admission Control: the per-session cycle of DESIGN.md §6.
+
+``config_request`` → SLA check (profile from Access Control) → ``accepted`` (waiting for the
+peer; nothing reserved) → both registered (or ETSI 014: the master alone) → path with
+reservation from the Routing Element → one ``session_config`` per KM on its own topic →
+``active`` with an inactivity timer reset by ``key_request`` → ``close_request`` / timer /
+an endpoint's unsolicited ``deletion_confirm`` → ``terminating``: ``session_delete`` to every
+KM of the route, confirmations collected (or given up after ``confirm_timeout_s``),
+reservation released, VIRT link removed → ``terminated``.
+
+On an alarm for a link, active sessions using it are re-routed: KMs that stay on the path
+get ``session_config`` with ``update: true`` when their hops change, KMs new on the path a
+fresh config, KMs that leave it ``session_delete`` with reason ``rerouted``. A session with
+no other path is ended (``link_down``/``qber_high``) or kept (``qber_suspicious``).
+
+Sessions live in memory and in SQLite (``<data_dir>/admission.db``), so a restart of the
+element or of the broker loses none. Config keys: ``peer_wait_s`` (60, used when the QoS has
+no ``timeout``), ``inactivity_timeout_s`` (120), ``confirm_timeout_s`` (10),
+``request_timeout_s`` (5), ``sdn`` {url, ca, cert, key} (VIRT links; default certs from
+``broker``), ``db``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import sys
+import threading
+import time
+from typing import Any
+
+import requests
+from prometheus_client import Counter, Gauge
+
+from qkdtwin import bus
+from qkdtwin.bus import Message, RequestTimeout
+from qkdtwin.control.common import Element
+from qkdtwin.control.sla import bucket_for, check_qos
+from qkdtwin.service import run_service
+
+log = logging.getLogger("qkdtwin.admission")
+
+LIVE = ("accepted", "routing", "active")
+BLOCKING = ("link_down", "qber_high")
+SDN_BASE = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
+
+
+def hop_entries(path: list[str], s: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The forwarding entry of every KM on ``path`` (each KM knows only prev/next hop)."""
+    src, dst = s["source"], s["destination"]
+    out = {}
+    for i, km in enumerate(path):
+        role = "source" if i == 0 else "destination" if i == len(path) - 1 else "transit"
+        local = src["sae_id"] if role == "source" else dst["sae_id"] if role == "destination" \
+            else None
+        peer = dst["sae_id"] if role == "source" else src["sae_id"] if role == "destination" \
+            else None
+        out[km] = {"role": role, "prev_hop": path[i - 1] if i > 0 else None,
+                   "next_hop": path[i + 1] if i < len(path) - 1 else None,
+                   "local_sae_id": local, "peer_sae_id": peer}
+    return out
+
+
+class SessionStore:
+    """Sessions as JSON rows; terminated ones stay as history."""
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY,"
+                         " state TEXT, body TEXT)")
+        self._lock = threading.Lock()
+
+    def save(self, s: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO sessions VALUES (?,?,?)",
+                             (s["session_id"], s["state"], json.dumps(s)))
+
+    def live(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM sessions WHERE state IN (?,?,?,?)",
+                                    (*LIVE, "terminating")).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+
+class AdmissionControl(Element):
+    role = "admission"
+    default_port = 9102
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.peer_wait_s = float(config.get("peer_wait_s", 60))
+        self.inactivity_s = float(config.get("inactivity_timeout_s", 120))
+        self.confirm_timeout_s = float(config.get("confirm_timeout_s", 10))
+        self.req_timeout = float(config.get("request_timeout_s", 5))
+        self.store = SessionStore(str(config.get("db") or self.data_dir / "admission.db"))
+        self.lock = threading.RLock()
+        self.sessions: dict[str, dict[str, Any]] = {s["session_id"]: s
+                                                    for s in self.store.live()}
+        self._last_reset_event: dict[str, float] = {}
+        self._sdn = self._sdn_client(config)
+        self.m_sessions = Gauge("qkdtwin_admission_sessions", "sessions by state", ["state"],
+                                registry=self.registry)
+        for st in (*LIVE, "terminating"):
+            self.m_sessions.labels(st).set_function(
+                lambda st=st: sum(1 for s in list(self.sessions.values()) if s["state"] == st))
+        self.m_outcomes = Counter("qkdtwin_admission_outcomes", "session outcomes",
+                                  ["outcome"], registry=self.registry)
+
+    def _sdn_client(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        sdn = config.get("sdn")
+        if not sdn or not sdn.get("url"):
+            return None
+        b = config["broker"]
+        return {"url": sdn["url"].rstrip("/"), "verify": sdn.get("ca") or b.get("ca"),
+                "cert": (sdn.get("cert") or b.get("cert"), sdn.get("key") or b.get("key"))}
+
+    # -- lifecycle --
+
+    def setup(self) -> None:
+        self.bus.subscribe(bus.ADMISSION_IN, self.on_message)
+        self.bus.subscribe(bus.alarm("+"), self.on_alarm)
+        threading.Thread(target=self._timer_loop, daemon=True, name="admission-timers").start()
+        resume = [s for s in self.sessions.values() if s["state"] == "routing"]
+        for s in resume:  # crashed between "both registered" and "configured"
+            threading.Thread(target=self.route, args=(s["session_id"],), daemon=True).start()
+
+    def healthz(self) -> dict[str, Any]:
+        with self.lock:
+            states: dict[str, int] = {}
+            for s in self.sessions.values():
+                states[s["state"]] = states.get(s["state"], 0) + 1
+        return {**super().healthz(), "sessions": states}
+
+    def _save(self, s: dict[str, Any]) -> None:
+        self.store.save(s)
+        if s["state"] == "terminated":
+            self.sessions.pop(s["session_id"], None)
+
+    # -- messages from KMs --
+
+    def on_message(self, topic: str, p: dict[str, Any], msg: Message) -> None:
+        kind = p.get("type")
+        self.count(str(kind))
+        sid, km = p.get("session_id"), p.get("km")
+        if not isinstance(sid, str) or not sid or not isinstance(km, str) or not km:
+            log.warning("dropping %s without session_id/km", kind)
+            self.event("message_dropped", None, reason="missing session_id or km",
+                       msg_type=kind)
+            return
+        if kind == "config_request":
+            self.config_request(p)
+        elif kind == "key_request":
+            self.key_request(sid, km)
+        elif kind == "close_request":
+            self.close(sid, km, "close_request")
+        elif kind == "deletion_confirm":
+            self.deletion_confirm(sid, km)
+        else:
+            self.event("message_dropped", sid, reason=f"unknown type {kind!r}", km=km)
+
+    def reject(self, sid: str, km: str, reason: str, counter: dict | None = None) -> None:
+        body: dict[str, Any] = {"type": "session_delete", "session_id": sid, "reason": reason}
+        if counter:
+            body["counter_qos"] = counter
+        self.bus.publish(bus.km_delete(km), body)
+        self.m_outcomes.labels("rejected").inc()
+        self.event("session_rejected", sid, km=km, reason=reason, counter_qos=counter)
+
+    def _ask(self, topic: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return self.bus.request(topic, body, timeout=self.req_timeout)
+        except RequestTimeout:
+            return None
+
+    def _live_sessions_of(self, user: str, sid: str) -> int:
+        """Live sessions of ``user`` besides ``sid`` (a peer joins, it is not a new one)."""
+        return sum(1 for s in self.sessions.values()
+                   if s["state"] in LIVE and s["user"] == user and s["session_id"] != sid)
+
+    def _sla_check(self, p: dict[str, Any], sid: str, km: str) -> tuple[dict | None, str | None]:
+        """(effective qos, None) or (None, reason already sent to the KM)."""
+        user, sae, peer = p.get("user"), p.get("sae_id"), p.get("peer_sae_id")
+        if not all(isinstance(x, str) and x for x in (user, sae, peer)):
+            self.reject(sid, km, "rejected: config_request needs user, sae_id, peer_sae_id")
+            return None, "bad"
+        prof = self._ask(bus.ACCESS_IN, {"type": "profile", "user": user})
+        if prof is None:
+            self.reject(sid, km, "rejected: access control did not answer")
+            return None, "access"
+        if not prof.get("ok") or prof.get("status") != "active":
+            self.reject(sid, km, f"rejected: user {user} unknown or disabled")
+            return None, "user"
+        if sae not in {a["sae_id"] for a in prof.get("applications", [])}:
+            self.reject(sid, km, f"rejected: {sae} is not an application of {user}")
+            return None, "sae"
+        with self.lock:
+            live = self._live_sessions_of(user, sid)
+        d = check_qos(p.get("qos"), prof["sla"], peer, live)
+        if not d.ok:
+            self.reject(sid, km, d.reason or "rejected", d.counter_qos)
+            return None, "sla"
+        return d.qos, None
+
+    def config_request(self, p: dict[str, Any]) -> None:
+        sid, km = p["session_id"], p["km"]
+        api = str(p.get("api", "004"))
+        self.event("config_request_received", sid, km=km, sae_id=p.get("sae_id"),
+                   peer_sae_id=p.get("peer_sae_id"), user=p.get("user"), api=api)
+        with self.lock:
+            s = self.sessions.get(sid)
+            if s is not None:
+                for end in ("source", "destination"):
+                    e = s.get(end)
+                    if e and e["km"] == km and e["sae_id"] == p.get("sae_id"):
+                        # a repeat (KM restarted or 014 slave side): resend what it needs
+                        if s["state"] == "active" and km in s.get("entries", {}):
+                            self._send_config(s, km, update=False)
+                        self.event("config_request_repeated", sid, km=km, state=s["state"])
+                        return
+                if s["state"] != "accepted" or s.get("destination"):
+                    self.reject(sid, km, "rejected: key_stream_id already in use")
+                    return
+        qos, err = self._sla_check(p, sid, km)
+        if err:
+            return
+        if s is None:
+            self._new_session(p, api, qos)
+        else:
+            self._peer_registered(sid, p, qos)
+
+    def _new_session(self, p: dict[str, Any], api: str, qos: dict[str, Any]) -> None:
+        sid, km = p["session_id"], p["km"]
+        now = time.time()
+        wait = float(qos.get("timeout") or 0) / 1000.0 or self.peer_wait_s
+        s = {"session_id": sid, "state": "accepted", "api": api, "user": p["user"],
+             "qos": qos, "created": now, "deadline": now + wait,
+             "source": {"km": km, "sae_id": p["sae_id"]}, "destination": None,
+             "peer_sae_id": p["peer_sae_id"], "path": [], "links": [], "entries": {}}
+        if api == "014":
+            look = self._ask(bus.ACCESS_IN, {"type": "lookup_sae", "sae_id": p["peer_sae_id"]})
+            if look is None or not look.get("ok") or look.get("status") != "active":
+                self.reject(sid, km, f"rejected: peer application {p['peer_sae_id']} unknown "
+                                     "or disabled")
+                return
+            s["destination"] = {"km": look["km"], "sae_id": p["peer_sae_id"]}
+        with self.lock:
+            if sid in self.sessions:  # lost a race with the peer's request: treat as peer
+                pass
+            else:
+                self.sessions[sid] = s
+                self._save(s)
+                self.event("session_accepted", sid, km=km, user=s["user"], api=api,
+                           waiting_for_peer=api != "014", qos=qos)
+                if api != "014":
+                    return
+                s["state"] = "routing"
+                self._save(s)
+        if sid in self.sessions and self.sessions[sid] is not s:
+            self._peer_registered(sid, p, qos)
+            return
+        self.route(sid)
+
+    def _peer_registered(self, sid: str, p: dict[str, Any], qos: dict[str, Any]) -> None:
+        km = p["km"]
+        with self.lock:
+            s = self.sessions.get(sid)
+            if s is None or s["state"] != "accepted" or s.get("destination"):
+                self.reject(sid, km, "rejected: key_stream_id already in use")
+                return
+            if p["sae_id"] != s["peer_sae_id"] or p["peer_sae_id"] != s["source"]["sae_id"]:
+                self.reject(sid, km, "rejected: the applications of this key_stream_id do not "
+                                     "match")
+                return
+            s["destination"] = {"km": km, "sae_id": p["sae_id"]}
+            s["state"] = "routing"
+            self._save(s)
+            self.event("peer_registered", sid, km=km, sae_id=p["sae_id"])
+        self.route(sid)
+
+    # -- routing and configuration --
+
+    def route(self, sid: str) -> None:
+        s = self.sessions.get(sid)
+        if s is None:
+            return
+        src, dst = s["source"]["km"], s["destination"]["km"]
+        rate = float(s["qos"].get("min_bps") or 0)
+        res = self._ask(bus.ROUTING_IN, {"type": "path_request", "session_id": sid, "src": src,
+                                         "dst": dst, "rate_bps": rate, "exclude_links": [],
+                                         "reserve": True})
+        with self.lock:
+            if self.sessions.get(sid) is not s or s["state"] != "routing":
+                if res and res.get("ok"):  # closed while we asked: give the booking back
+                    self.bus.publish(bus.ROUTING_IN, {"type": "release", "session_id": sid})
+                return
+            if res is None or not res.get("ok"):
+                reason = "rejected: " + ((res or {}).get("reason") or "routing did not answer")
+                for end in ("source", "destination"):
+                    self.reject(sid, s[end]["km"], reason)
+                s["state"] = "terminated"
+                s["end_reason"] = reason
+                self._save(s)
+                return
+            s["path"], s["links"] = res["path"], res["links"]
+            s["entries"] = hop_entries(s["path"], s)
+            s["bucket"] = bucket_for(s["qos"])
+            s["timeout_s"] = self.inactivity_s
+            self.event("path_assigned", sid, path=s["path"], links=s["links"], rate_bps=rate,
+                       backup=(res.get("backup") or {}).get("path"))
+            for km in s["path"]:
+                self._send_config(s, km, update=False)
+            s["state"] = "active"
+            s["last_activity"] = time.time()
+            s["deadline"] = s["last_activity"] + self.inactivity_s
+            self._save(s)
+            self.m_outcomes.labels("admitted").inc()
+            self.event("session_active", sid, path=s["path"], timeout_s=self.inactivity_s)
+        self._virt_link(s)
+
+    def _send_config(self, s: dict[str, Any], km: str, update: bool) -> None:
+        e = s["entries"][km]
+        body = {"type": "session_config", "session_id": s["session_id"], **e,
+                "priority": int(s["qos"].get("priority", 0)), "bucket": s["bucket"],
+                "timeout_s": s["timeout_s"], "user": s["user"], "update": update,
+                "api": s["api"], "qos": s["qos"]}
+        self.bus.publish(bus.km_config(km), body)
+        self.event("config_sent", s["session_id"], km=km, role=e["role"],
+                   prev_hop=e["prev_hop"], next_hop=e["next_hop"], update=update)
+
+    def _virt_link(self, s: dict[str, Any], delete: bool = False) -> None:
+        """Register (or remove) the VIRT link of a relayed session at the SDN controller."""
+        if self._sdn is None:
+            return
+        sid, src = s["session_id"], s["source"]["km"]
+        lid = f"virt-{sid}"
+        url = f"{self._sdn['url']}{SDN_BASE}/{src}/qkd_links/qkd_link/{lid}"
+        relayed = len(s.get("path", [])) > 2
+        try:
+            if delete or not relayed:
+                if not s.get("virt_link"):
+                    return
+                r = requests.delete(url, verify=self._sdn["verify"], cert=self._sdn["cert"],
+                                    timeout=self.req_timeout)
+                s["virt_link"] = None
+                self.event("virt_link_deleted", sid, link=lid, status=r.status_code)
+            else:
+                path = s["path"]
+                body = {"qkd_link": {
+                    "qkdl_id": lid, "qkdl_type": "VIRT", "qkdl_status": "up",
+                    "qkdl_local": {"qkdn_id": src},
+                    "qkdl_remote": {"qkdn_id": s["destination"]["km"]},
+                    "virt_prev_hop": None, "virt_next_hop": [path[1]], "virt_hops": path,
+                    "virt_bandwidth": float(s["qos"].get("min_bps") or 0), "session_id": sid}}
+                r = requests.put(url, json=body, verify=self._sdn["verify"],
+                                 cert=self._sdn["cert"], timeout=self.req_timeout)
+                r.raise_for_status()
+                s["virt_link"] = lid
+                self.event("virt_link_registered", sid, link=lid, hops=path)
+        except requests.RequestException as exc:
+            self.event("virt_link_failed", sid, link=lid, error=str(exc)[:200])
+        with self.lock:
+            if s["state"] != "terminated":
+                self._save(s)
+
+    # -- activity, close, deletion --
+
+    def key_request(self, sid: str, km: str) -> None:
+        with self.lock:
+            s = self.sessions.get(sid)
+            if s is None or s["state"] != "active":
+                return
+            s["last_activity"] = time.time()
+            s["deadline"] = s["last_activity"] + s.get("timeout_s", self.inactivity_s)
+            self._save(s)
+            # one timer_reset event per session and second is enough for a timeline
+            if s["last_activity"] - self._last_reset_event.get(sid, 0) >= 1.0:
+                self._last_reset_event[sid] = s["last_activity"]
+                self.event("timer_reset", sid, km=km)
+
+    def close(self, sid: str, km: str | None, why: str) -> None:
+        """Close request, timer expiry or an endpoint gone: delete on every KM."""
+        with self.lock:
+            s = self.sessions.get(sid)
+            if s is None or s["state"] not in LIVE:
+                return
+            self.event("close_received" if why == "close_request" else "session_" + why, sid,
+                       km=km, state=s["state"])
+            if s["state"] == "active":
+                targets = list(s["path"])
+            else:
+                targets = [e["km"] for e in (s["source"], s["destination"]) if e]
+            reason = "timeout" if why == "timeout" else "closed"
+            if why == "endpoint_gone":  # that KM has already deleted and confirmed
+                targets = [t for t in targets if t != km]
+            for t in targets:
+                r = reason if (t == km or why == "timeout") else "peer closed"
+                self.bus.publish(bus.km_delete(t), {"type": "session_delete", "session_id": sid,
+                                                    "reason": r})
+                self.event("deletion_sent", sid, km=t, reason=r)
+            had_path = s["state"] == "active"
+            s["state"] = "terminating"
+            s["end_reason"] = reason
+            s["pending_confirms"] = list(targets)
+            s["deadline"] = time.time() + self.confirm_timeout_s
+            self._save(s)
+            if not s["pending_confirms"]:
+                self._finish(s)
+        if had_path:
+            self.bus.publish(bus.ROUTING_IN, {"type": "release", "session_id": sid})
+            self._virt_link(s, delete=True)
+
+    def deletion_confirm(self, sid: str, km: str) -> None:
+        with self.lock:
+            s = self.sessions.get(sid)
+            if s is None:
+                self.event("deletion_confirmed", sid, km=km, known=False)
+                return
+            if s["state"] == "terminating":
+                if km in s["pending_confirms"]:
+                    s["pending_confirms"].remove(km)
+                self.event("deletion_confirmed", sid, km=km)
+                if not s["pending_confirms"]:
+                    self._finish(s)
+                else:
+                    self._save(s)
+                return
+            ends = [e["km"] for e in (s["source"], s["destination"]) if e]
+            if km in s.get("rerouted_from", []):
+                s["rerouted_from"].remove(km)
+                self._save(s)
+                self.event("deletion_confirmed", sid, km=km, rerouted=True)
+                return
+        if km in ends:  # the KM ended the session itself (its timer): end it everywhere
+            self.close(sid, km, "endpoint_gone")
+
+    def _finish(self, s: dict[str, Any]) -> None:
+        missing = s.get("pending_confirms") or []
+        s["state"] = "terminated"
+        s["ended"] = time.time()
+        self._save(s)
+        self._last_reset_event.pop(s["session_id"], None)
+        self.m_outcomes.labels("terminated").inc()
+        self.event("session_terminated", s["session_id"], reason=s.get("end_reason"),
+                   unconfirmed=missing or None)
+
+    def _timer_loop(self) -> None:
+        while not self._stop.wait(0.2):
+            now = time.time()
+            with self.lock:
+                due = [s for s in self.sessions.values() if s.get("deadline", now + 1) <= now]
+            for s in due:
+                try:
+                    if s["state"] in ("accepted", "active"):
+                        self.close(s["session_id"], None, "timeout")
+                    elif s["state"] == "terminating":
+                        with self.lock:
+                            self.event("deletion_unconfirmed", s["session_id"],
+                                       kms=s["pending_confirms"])
+                            self._finish(s)
+                except Exception:  # a timer bug must not stop the timers
+                    log.exception("timer handling of %s failed", s["session_id"])
+
+    # -- alarms and re-routing --
+
+    def on_alarm(self, topic: str, p: dict[str, Any], msg: Message) -> None:
+        link = p.get("link") or topic.rsplit("/", 1)[-1]
+        kind = p.get("kind")
+        self.count("alarm")
+        if kind not in (*BLOCKING, "qber_suspicious"):
+            return
+        with self.lock:
+            hit = [s["session_id"] for s in self.sessions.values()
+                   if s["state"] == "active" and link in s["links"]]
+        if hit:
+            self.event("alarm_received", None, link=link, alarm=kind, sessions=hit)
+        for sid in hit:
+            self.reroute(sid, link, kind)
+
+    def reroute(self, sid: str, link: str, kind: str) -> None:
+        s = self.sessions.get(sid)
+        if s is None:
+            return
+        res = self._ask(bus.ROUTING_IN, {
+            "type": "path_request", "session_id": sid, "src": s["source"]["km"],
+            "dst": s["destination"]["km"], "rate_bps": float(s["qos"].get("min_bps") or 0),
+            "exclude_links": [link], "reserve": True})
+        with self.lock:
+            if self.sessions.get(sid) is not s or s["state"] != "active" \
+                    or link not in s["links"]:
+                return
+            if res is None or not res.get("ok"):
+                why = (res or {}).get("reason") or "routing did not answer"
+                self.event("reroute_failed", sid, link=link, alarm=kind, reason=why)
+                if kind in BLOCKING:
+                    self._end_for_alarm(s, link)
+                return
+            old_path, old_entries = s["path"], s["entries"]
+            s["path"], s["links"] = res["path"], res["links"]
+            s["entries"] = hop_entries(s["path"], s)
+            # new KMs first (ready to relay), then changed entries, then KMs leaving
+            for km in s["path"]:
+                if km not in old_entries:
+                    self._send_config(s, km, update=False)
+            for km in s["path"]:
+                if km in old_entries and old_entries[km] != s["entries"][km]:
+                    self._send_config(s, km, update=True)
+            gone = [km for km in old_path if km not in s["entries"]]
+            for km in gone:
+                self.bus.publish(bus.km_delete(km), {"type": "session_delete",
+                                                     "session_id": sid, "reason": "rerouted"})
+                self.event("deletion_sent", sid, km=km, reason="rerouted")
+            s["rerouted_from"] = s.get("rerouted_from", []) + gone
+            self._save(s)
+            self.event("session_rerouted", sid, link=link, alarm=kind, old_path=old_path,
+                       path=s["path"], links=s["links"])
+        self._virt_link(s)
+
+    def _end_for_alarm(self, s: dict[str, Any], link: str) -> None:
+        sid = s["session_id"]
+        reason = f"link alarm: no path avoiding {link}"
+        for t in s["path"]:
+            self.bus.publish(bus.km_delete(t), {"type": "session_delete", "session_id": sid,
+                                                "reason": reason})
+            self.event("deletion_sent", sid, km=t, reason=reason)
+        s["state"] = "terminating"
+        s["end_reason"] = reason
+        s["pending_confirms"] = list(s["path"])
+        s["deadline"] = time.time() + self.confirm_timeout_s
+        self._save(s)
+        self.bus.publish(bus.ROUTING_IN, {"type": "release", "session_id": sid})
+        threading.Thread(target=self._virt_link, args=(s, True), daemon=True).start()
+
+
+def main(config: dict[str, Any]) -> None:
+    AdmissionControl(config).serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(run_service(main, "qkdtwin Admission Control element"))

@@ -1,0 +1,119 @@
+"""Routing Element: owns the topology DB and answers path requests.
+
+Learns nodes and PHYS links from the SDN controller's retained ``qkd/v1/topology``, link
+alarms from ``qkd/v1/alarm/#``, and link metrics from the Monitoring Element, which sends
+``link_metrics`` messages to ``qkd/v1/routing/in``.
+
+Requests on ``qkd/v1/routing/in``:
+
+* ``path_request`` {session_id, src, dst, rate_bps, exclude_links, reserve?, backup?} →
+  ``path`` {ok, path, links, backup, weight, reason}. ``reserve`` (default true when a
+  session_id is given) books ``rate_bps`` on every link of the path for that session.
+* ``release`` {session_id} → {ok} frees a session's booking.
+* ``link_metrics`` {link, skr_bps, qber, stored_bits, rtt_ms, sessions, status}.
+* ``topology_view`` → the whole DB (links with metrics, alarms, weights, reservations).
+
+Config: ``db`` (default ``<data_dir>/topology.db``), ``qber_threshold`` (0.11),
+``default_capacity_bps`` (1e6), ``stored_ref_bits`` (1e6), ``suspect_penalty`` (4).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from qkdtwin import bus
+from qkdtwin.bus import Message
+from qkdtwin.control.common import Element
+from qkdtwin.control.topodb import TopologyDB
+from qkdtwin.service import run_service
+
+
+class RoutingElement(Element):
+    role = "routing"
+    default_port = 9103
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.topo = TopologyDB(
+            config.get("db") or self.data_dir / "topology.db",
+            qber_threshold=float(config.get("qber_threshold", 0.11)),
+            default_capacity_bps=float(config.get("default_capacity_bps", 1e6)),
+            stored_ref_bits=float(config.get("stored_ref_bits", 1e6)),
+            suspect_penalty=float(config.get("suspect_penalty", 4.0)))
+
+    def setup(self) -> None:
+        self.bus.subscribe(bus.ROUTING_IN, self.on_request)
+        self.bus.subscribe(bus.TOPOLOGY, self.on_topology)
+        self.bus.subscribe(bus.alarm("+"), self.on_alarm)
+
+    def healthz(self) -> dict[str, Any]:
+        return {**super().healthz(), "nodes": len(self.topo.nodes),
+                "links": len(self.topo.links), "reservations": len(self.topo.reservations)}
+
+    def on_topology(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
+        self.count("topology")
+        self.topo.set_topology(payload)
+        self.event("topology_updated", nodes=len(self.topo.nodes), links=len(self.topo.links))
+
+    def on_alarm(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
+        link = payload.get("link") or topic.rsplit("/", 1)[-1]
+        kind = str(payload.get("kind"))
+        self.count("alarm")
+        if self.topo.alarms.get(link) == kind or (kind == "clear" and link not in self.topo.alarms):
+            return  # retained repeat
+        self.topo.set_alarm(link, kind)
+        self.event("link_alarm" if kind != "clear" else "link_cleared", link=link, alarm=kind)
+
+    def on_request(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
+        kind = payload.get("type")
+        self.count(str(kind))
+        if kind == "path_request":
+            self.bus.reply(msg, self.path_request(payload))
+        elif kind == "release":
+            sid = str(payload.get("session_id"))
+            found = self.topo.release(sid)
+            if found:
+                self.event("reservation_released", sid)
+            self.bus.reply(msg, {"type": "released", "ok": True, "found": found})
+        elif kind == "link_metrics":
+            if isinstance(payload.get("link"), str):
+                self.topo.set_metrics(payload["link"], payload)
+            if msg.response_topic:
+                self.bus.reply(msg, {"type": "ok", "ok": True})
+        elif kind == "topology_view":
+            self.bus.reply(msg, {"type": "topology_view", "ok": True, **self.topo.view()})
+        elif msg.response_topic:
+            self.bus.reply(msg, {"type": "error", "ok": False,
+                                 "reason": f"unknown request type {kind!r}"})
+
+    def path_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        sid = req.get("session_id")
+        try:
+            rate = float(req.get("rate_bps") or 0.0)
+            if rate < 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            return {"type": "path", "ok": False, "reason": "rate_bps must be a number >= 0"}
+        exclude = req.get("exclude_links") or []
+        if not isinstance(exclude, list):
+            return {"type": "path", "ok": False, "reason": "exclude_links must be a list"}
+        res = self.topo.find_path(str(req.get("src")), str(req.get("dst")), rate,
+                                  [str(x) for x in exclude], sid,
+                                  reserve=bool(req.get("reserve", sid is not None)),
+                                  backup=bool(req.get("backup", True)))
+        if res["ok"]:
+            self.event("path_computed", sid, path=res["path"], links=res["links"],
+                       rate_bps=rate, backup=(res["backup"] or {}).get("path"))
+        else:
+            self.event("path_refused", sid, src=req.get("src"), dst=req.get("dst"),
+                       rate_bps=rate, reason=res["reason"])
+        return {"type": "path", "session_id": sid, "backup": None, **res}
+
+
+def main(config: dict[str, Any]) -> None:
+    RoutingElement(config).serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(run_service(main, "qkdtwin Routing Element"))

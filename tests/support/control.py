@@ -1,0 +1,132 @@
+"""Test helpers for the control plane: a small "KM" that follows the MQTT contract of
+docs/architecture.md, SDN registration of a star6-like topology, and waiting helpers."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+from qkdtwin import bus
+from qkdtwin.bus import BrokerConfig, Bus
+from tests.support.pki import TestCA
+
+SDN_BASE = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
+
+# star6: km0 in the middle, km4-km5 extra link (labs/star6.clab.yml)
+STAR6_LINKS = [("km0", "km1"), ("km0", "km2"), ("km0", "km3"), ("km0", "km4"), ("km0", "km5"),
+               ("km4", "km5")]
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout}s: {pred}")
+
+
+def broker_cfg(broker, ca: TestCA, cn: str) -> dict[str, Any]:
+    ident = ca.issue(cn)
+    return {"host": "127.0.0.1", "port": broker.port, "ca": ca.ca, "cert": ident.cert,
+            "key": ident.key}
+
+
+def make_bus(broker, ca: TestCA, cn: str) -> Bus:
+    b = Bus(BrokerConfig.from_dict(broker_cfg(broker, ca, cn)), cn).start()
+    assert b.wait_connected(5)
+    return b
+
+
+class FakeKM:
+    """Enough of a Key Manager to drive the control plane: it authenticates, requests
+    configuration, signals key requests and closes, records what admission sends and
+    confirms deletions like a real KM."""
+
+    def __init__(self, broker, ca: TestCA, name: str, confirm: bool = True) -> None:
+        self.name = name
+        self.confirm = confirm
+        self.bus = make_bus(broker, ca, name)
+        self.configs: list[dict[str, Any]] = []
+        self.deletes: list[dict[str, Any]] = []
+        self.table: dict[str, dict[str, Any]] = {}  # forwarding table: session -> entry
+        self._lock = threading.Lock()
+        self.bus.subscribe(bus.km_config(name), self._on_config)
+        self.bus.subscribe(bus.km_delete(name), self._on_delete)
+        time.sleep(0.1)
+
+    def _on_config(self, topic, p, msg) -> None:
+        with self._lock:
+            self.configs.append(p)
+            self.table[p["session_id"]] = p
+
+    def _on_delete(self, topic, p, msg) -> None:
+        with self._lock:
+            self.deletes.append(p)
+            self.table.pop(p["session_id"], None)
+        if self.confirm:
+            self.bus.publish(bus.ADMISSION_IN, {"type": "deletion_confirm", "km": self.name,
+                                                "session_id": p["session_id"]})
+
+    def authenticate(self, sae_id: str, user: str, peer: str, ou: str = "sae",
+                     cn: str | None = None) -> dict[str, Any]:
+        return self.bus.request(bus.ACCESS_IN, {
+            "type": "authenticate", "km": self.name, "sae_id": sae_id, "peer_sae_id": peer,
+            "cert": {"cn": cn or sae_id, "o": user, "ou": ou, "fingerprint": "00"}})
+
+    def open(self, sae_id: str, peer: str, user: str, session_id: str | None = None,
+             api: str = "004", **qos: Any) -> str:
+        sid = session_id or str(uuid.uuid4())
+        self.bus.publish(bus.ADMISSION_IN, {
+            "type": "config_request", "km": self.name, "session_id": sid, "user": user,
+            "sae_id": sae_id, "peer_sae_id": peer, "api": api, "qos": qos})
+        return sid
+
+    def key_request(self, sid: str, bits: int = 256) -> None:
+        self.bus.publish(bus.ADMISSION_IN, {"type": "key_request", "km": self.name,
+                                            "session_id": sid, "bits": bits})
+
+    def close(self, sid: str) -> None:
+        self.bus.publish(bus.ADMISSION_IN, {"type": "close_request", "km": self.name,
+                                            "session_id": sid})
+
+    def config_for(self, sid: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self.table.get(sid)
+
+    def deleted(self, sid: str) -> dict[str, Any] | None:
+        with self._lock:
+            return next((d for d in self.deletes if d["session_id"] == sid), None)
+
+    def stop(self) -> None:
+        self.bus.stop()
+
+
+def register_star6(sdn_url: str, ca: TestCA, links=STAR6_LINKS) -> None:
+    """Every KM registers its node and PHYS links at the SDN controller (ETSI 015 subset)."""
+    nodes = sorted({n for lk in links for n in lk})
+    for node in nodes:
+        ident = ca.issue(node)
+        mine = [{"qkdl_id": f"{a}-{b}", "qkdl_type": "PHYS", "qkdl_status": "up",
+                 "qkdl_local": {"qkdn_id": node, "qkdi_id": "eth1"},
+                 "qkdl_remote": {"qkdn_id": b if a == node else a}}
+                for a, b in links if node in (a, b)]
+        r = requests.put(f"{sdn_url}{SDN_BASE}/{node}",
+                         json={"qkd_node": {"qkdn_id": node, "qkdn_status": "up",
+                                            "qkd_links": {"qkd_link": mine}}},
+                         cert=(ident.cert, ident.key), verify=ca.ca, timeout=5)
+        r.raise_for_status()
+
+
+def telemetry(b: Bus, link: str, qber: float = 0.03, skr: float = 5000.0,
+              status: str = "up", node: str | None = None) -> None:
+    node = node or link.split("-")[0]
+    b.publish(bus.telemetry(node, link), {
+        "type": "telemetry", "source": "qkd", "node": node, "link": link, "qber": qber,
+        "skr_bps": skr, "stored_bits": 100000, "status": status})
