@@ -42,7 +42,7 @@ class LinkParams:
     mu: float = 0.5              # signal intensity
     nu: float = 0.1              # weak decoy intensity
     detector_efficiency: float = 0.045  # eta_Bob: detector efficiency times Bob's optics
-    dark_count_prob: float = 1.7e-6     # Y0: background click probability per pulse (both detectors)
+    dark_count_prob: float = 1.7e-6     # Y0: background clicks per pulse (both detectors)
     misalignment: float = 0.033         # e_det: error probability of a detected photon
     eve_fraction: float = 0.0           # fraction of pulses attacked by intercept-resend
     block_size: int = 100_000           # sifted signal bits per post-processing block
