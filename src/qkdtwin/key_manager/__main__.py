@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
 import sys
 from typing import Any
 
@@ -24,9 +26,13 @@ def main(raw: dict[str, Any]) -> None:
     km = KeyManager(cfg, bus).start()
     agent = SdnAgent(cfg).start()
     server = make_server(cfg, create_app(km))
+    server.shutdown_timeout = 1
 
     def _term(signum: int, frame: Any) -> None:
-        server.stop()
+        # stop from another thread (serve() runs here); every change is already committed,
+        # so if keep-alive connections hold the workers, leaving hard is safe
+        threading.Thread(target=server.stop, daemon=True).start()
+        threading.Timer(2.0, os._exit, (0,)).start()
 
     signal.signal(signal.SIGTERM, _term)
     server.prepare()
