@@ -132,3 +132,173 @@ def test_004_pair_same_stream(lab):
     assert {c[0] for c in lab["ctl"].confirms if c[1] == sid} == {"km0", "km1", "km2"}
     r = a2.post(f"{km(lab, 'km2')}/api/v1/qkd004/get_key", json={"key_stream_id": sid})
     assert r.json()["status"] == 4
+
+
+# -- unauthorised callers and bad input ------------------------------------------------------
+
+def test_no_certificate_gets_json_401(lab):
+    import requests
+    r = requests.post(f"{km(lab, 'km0')}/api/v1/keys/sae-a1/enc_keys", json={},
+                      verify=lab["ca"].ca)
+    assert r.status_code == 401 and "certificate" in r.json()["message"]
+    r = requests.post(f"{km(lab, 'km0')}/api/v1/qkd004/open_connect", json={},
+                      verify=lab["ca"].ca)
+    assert r.status_code == 401 and r.json()["status"] == 10
+    # health and metrics stay open for monitoring
+    assert requests.get(f"{km(lab, 'km0')}/healthz", verify=lab["ca"].ca).json()["ok"]
+    m = requests.get(f"{km(lab, 'km0')}/metrics", verify=lab["ca"].ca).text
+    assert "qkdtwin_km_keys_delivered_total" in m and "qkdtwin_km_link_pool_bits" in m
+
+
+def test_certificate_from_another_ca_fails_handshake(lab, tmp_path):
+    import requests
+
+    from tests.support.pki import TestCA
+    rogue = TestCA(tmp_path / "rogue").issue("sae-a0", ou="sae", o="alice")
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{km(lab, 'km0')}/api/v1/keys/sae-a1/status",
+                     cert=(rogue.cert, rogue.key), verify=lab["ca"].ca)
+
+
+def test_unknown_disabled_and_node_certificates_refused(lab):
+    unknown = sae_session(lab["ca"], "sae-zz", "alice")
+    r = unknown.post(f"{km(lab, 'km2')}/api/v1/keys/sae-a0/enc_keys", json={})
+    assert r.status_code == 401 and "not authorised" in r.json()["message"]
+    r = lab["saes"]["sae-m2"].post(f"{km(lab, 'km2')}/api/v1/keys/sae-a0/enc_keys", json={})
+    assert r.status_code == 401 and "disabled" in r.json()["message"]
+    liar = sae_session(lab["ca"], "sae-a2", "bob")  # O names another user
+    r = liar.get(f"{km(lab, 'km2')}/api/v1/keys/sae-a0/status")
+    assert r.status_code == 401
+    node = sae_session(lab["ca"], "km1", "x")
+    node.cert = (lab["cluster"].ids["km1"].cert, lab["cluster"].ids["km1"].key)
+    r = node.post(f"{km(lab, 'km0')}/api/v1/keys/sae-a1/enc_keys", json={})
+    assert r.status_code == 401
+    # an application cannot use the KM-to-KM API
+    r = lab["saes"]["sae-a1"].post(f"{km(lab, 'km0')}/kmapi/v1/ext_keys", json={})
+    assert r.status_code == 403 and r.json()["message"]
+
+
+def test_wrong_slave_gets_401_and_keys_stay_for_the_right_one(lab):
+    a0 = lab["saes"]["sae-a0"]
+    keys = a0.post(f"{km(lab, 'km0')}/api/v1/keys/sae-a2/enc_keys", json={"number": 2}
+                   ).json()["keys"]
+    ids = {"key_IDs": [{"key_ID": k["key_ID"]} for k in keys]}
+    r = lab["saes"]["sae-b2"].post(f"{km(lab, 'km2')}/api/v1/keys/sae-a0/dec_keys", json=ids)
+    assert r.status_code == 401 and r.json()["message"]
+    r = lab["saes"]["sae-a2"].post(f"{km(lab, 'km2')}/api/v1/keys/sae-b0/dec_keys", json=ids)
+    assert r.status_code == 400  # wrong master named
+    r = lab["saes"]["sae-a2"].post(f"{km(lab, 'km2')}/api/v1/keys/sae-a0/dec_keys", json=ids)
+    assert r.status_code == 200 and r.json()["keys"] == keys
+
+
+@pytest.mark.parametrize("method,path,kw,code,msg", [
+    ("post", "/api/v1/keys/sae-a1/enc_keys", {"data": b"{not json"}, 400, "malformed JSON"),
+    ("post", "/api/v1/keys/sae-a1/enc_keys", {"json": [1, 2]}, 400, "JSON object"),
+    ("post", "/api/v1/keys/sae-a1/enc_keys", {"json": {"number": "x"}}, 400, "integer"),
+    ("post", "/api/v1/keys/sae-a1/enc_keys", {"json": {"number": 10**9}}, 400, "between"),
+    ("post", "/api/v1/keys/sae-a1/enc_keys", {"json": {"size": 12}}, 400,
+     "size shall be a multiple of 8"),
+    ("post", "/api/v1/keys/sae-a1/enc_keys", {"json": {"size": 2**40}}, 400, "between"),
+    ("post", "/api/v1/keys/sae-a1/enc_keys", {"json": {"number": True}}, 400, "integer"),
+    ("post", "/api/v1/keys/sae-a1/enc_keys",
+     {"json": {"additional_slave_SAE_IDs": ["sae-a2"]}}, 400, "max_SAE_ID_count"),
+    ("post", "/api/v1/keys/sae-a1/enc_keys",
+     {"json": {"extension_mandatory": [{"abc_route_type": "direct"}]}}, 400,
+     "not all extension_mandatory parameters are supported"),
+    ("post", "/api/v1/keys/sae-a1/enc_keys",
+     {"json": {"extension_mandatory": [{"qkdtwin_priority": 42}]}}, 400,
+     "not all extension_mandatory request options could be met"),
+    ("get", "/api/v1/keys/sae-a1/enc_keys?number=1&foo=2", {}, 400, "unsupported query"),
+    ("post", "/api/v1/keys/sae-a1/dec_keys", {"json": {"key_IDs": "x"}}, 400, "key_IDs"),
+    ("post", "/api/v1/keys/sae-a1/dec_keys", {"json": {"key_IDs": [{"key_ID": "nope"}]}}, 400,
+     "one or more keys specified are not found on KME"),
+    ("get", "/api/v1/keys/sae-a1/dec_keys", {}, 400, "exactly one key_ID"),
+    ("post", "/api/v1/keys/sae-a1/enc_keys", {"data": b"{" + b" " * 100000 + b"}"}, 413,
+     "larger than"),
+    ("post", "/api/v1/qkd004/open_connect", {"json": {"source": 1}}, 400, "source"),
+    ("post", "/api/v1/qkd004/open_connect",
+     {"json": {"source": "sae-a0", "destination": "sae-a2", "qos": {"timeout": -1}}}, 400,
+     "qos.timeout"),
+    ("post", "/api/v1/qkd004/get_key", {"json": {"key_stream_id": "not-a-uuid"}}, 400, "UUID"),
+    ("post", "/api/v1/qkd004/get_key", {"json": {"key_stream_id": str(uuid.UUID(int=1))}},
+     404, "no key stream"),
+    ("post", "/api/v1/qkd004/close", {"data": b""}, 400, "JSON object"),
+    ("delete", "/api/v1/keys/sae-a1/enc_keys", {}, 405, ""),
+    ("get", "/nothing/here", {}, 404, ""),
+])
+def test_bad_input_gets_clear_4xx(lab, method, path, kw, code, msg):
+    r = getattr(lab["saes"]["sae-a0"], method)(f"{km(lab, 'km0')}{path}", **kw)
+    assert r.status_code == code, r.text
+    body = r.json()
+    assert isinstance(body["message"], str) and body["message"]
+    assert msg in body["message"]
+    assert "Traceback" not in r.text
+    if path.startswith("/api/v1/qkd004"):
+        assert body["status"] == 10
+
+
+def test_token_bucket_refuses_over_rate(lab):
+    ctl = lab["ctl"]
+    ctl.bucket = {"size_bits": 2048, "rate_bps": 256}
+    try:
+        b0 = lab["saes"]["sae-b0"]
+        url = f"{km(lab, 'km0')}/api/v1/keys/sae-b2/enc_keys"
+        codes = [b0.post(url, json={"number": 2, "size": 256}).status_code for _ in range(6)]
+        assert codes[:4] == [200] * 4 and codes[4:] == [503, 503], codes
+        r = b0.post(url, json={"number": 1, "size": 256})
+        assert r.status_code == 503
+        assert "token bucket" in r.json()["message"]
+        assert r.json()["details"][0]["retry_after_s"] > 0
+        r = b0.post(url, json={"number": 16, "size": 256})  # larger than the bucket itself
+        assert r.status_code == 400
+        time.sleep(1.1)  # 256 bit/s refill
+        assert b0.post(url, json={"number": 1, "size": 256}).status_code == 200
+    finally:
+        ctl.bucket = {"size_bits": 10**9, "rate_bps": 10**9}
+
+
+def test_004_token_bucket_status_9(lab):
+    ctl = lab["ctl"]
+    ctl.bucket = {"size_bits": 512, "rate_bps": 1}
+    try:
+        sid = str(uuid.uuid4())
+        body = {"source": "sae-a1", "destination": "sae-a0", "key_stream_id": sid,
+                "qos": {"key_chunk_size": 32, "timeout": 100}}
+        a1, a0 = lab["saes"]["sae-a1"], lab["saes"]["sae-a0"]
+        assert a1.post(f"{km(lab, 'km1')}/api/v1/qkd004/open_connect", json=body
+                       ).json()["status"] == 1
+        assert a0.post(f"{km(lab, 'km0')}/api/v1/qkd004/open_connect",
+                       json={**body, "qos": {"key_chunk_size": 32, "timeout": 3000}}
+                       ).json()["status"] == 0
+        st = [a1.post(f"{km(lab, 'km1')}/api/v1/qkd004/get_key", json={"key_stream_id": sid}
+                      ).json()["status"] for _ in range(3)]
+        assert st == [0, 0, 9]
+    finally:
+        ctl.bucket = {"size_bits": 10**9, "rate_bps": 10**9}
+
+
+def test_inactivity_timeout_terminates_and_confirms(lab):
+    ctl = lab["ctl"]
+    ctl.timeout_s = 1.0
+    try:
+        a1 = lab["saes"]["sae-a1"]
+        r = a1.post(f"{km(lab, 'km1')}/api/v1/keys/sae-a0/enc_keys", json={})
+        assert r.status_code == 200
+        from qkdtwin.key_manager.sessions import session_id_014
+        sid = session_id_014("sae-a1", "sae-a0")
+        deadline = time.time() + 6
+        while time.time() < deadline and {c[0] for c in ctl.confirms if c[1] == sid} != {
+                "km0", "km1"}:
+            time.sleep(0.1)
+        closes = [p for p in ctl.of_type("close_request") if p["session_id"] == sid]
+        assert closes and closes[0]["reason"] == "timeout" and closes[0]["km"] == "km1"
+        assert {c[0] for c in ctl.confirms if c[1] == sid} == {"km0", "km1"}
+        states = [e for e in ctl.events if e.get("session_id") == sid
+                  and e["kind"] == "session_state" and e["element"] == "km1"]
+        assert [s["new"] for s in states][:3] == ["USER_ACCEPTED", "OPERATIVE", "KEY_EXCHANGING"]
+        assert states[-1]["new"] == "TERMINATED"
+    finally:
+        ctl.timeout_s = 60.0
+    # a new request opens a new session
+    assert a1.post(f"{km(lab, 'km1')}/api/v1/keys/sae-a0/enc_keys", json={}).status_code == 200
+    assert [p["type"] for p in ctl.of_type("key_request")]  # key-request signals were sent
