@@ -366,3 +366,30 @@ def test_site_playbook_syntax_with_clab_inventory(line3):
                            str(site)], capture_output=True, text=True, cwd=ROOT,
                           env=_ansible_env(), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_deploy_runtime_clab_runs_the_playbook_on_the_docker_inventory(line3, monkeypatch,
+                                                                      tmp_path):
+    """`qkdtwin deploy --runtime clab`: containerlab up, then ansible-playbook with the clab
+    inventory (a probe playbook on localhost reads the nodes' vars)."""
+    from qkdtwin import deploy as deploy_mod
+
+    run = FakeRunner()
+    monkeypatch.setattr(clab, "_run", run)
+    monkeypatch.setattr(clab.shutil, "which", which_all)
+    probe = tmp_path / "probe.yml"
+    probe.write_text(yaml.safe_dump([{
+        "name": "probe", "hosts": "localhost", "gather_facts": False,
+        "tasks": [{"name": "the clab inventory reaches nodes with docker exec",
+                   "ansible.builtin.assert": {"that": [
+                       "hostvars['km0'].ansible_connection == 'community.docker.docker'",
+                       "hostvars['km0'].ansible_host == 'clab-line3-km0'",
+                       "qkdtwin_runtime == 'clab'",
+                       "groups['km'] | length == 3"]}}]}]))
+    logs: list[str] = []
+    result = deploy_mod.deploy(line3.path, log=logs.append, playbook=probe, runtime="clab")
+    assert result.ok, "\n".join(logs)
+    assert clab.deploy_argv(line3) in run.clab_calls()
+    inv = yaml.safe_load(result.inventory.read_text())
+    assert inv["all"]["vars"]["qkdtwin_runtime"] == "clab"
+    assert inv["all"]["vars"]["qkdtwin_python"] == clab.NODE_PYTHON

@@ -26,6 +26,7 @@ from qkdtwin.topology import Lab, Link
 
 Log = Callable[[str], None]
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess]
+Which = Callable[[str], str | None]  # shutil.which
 
 CONTAINERLAB = "containerlab"
 DOCKER = "docker"
@@ -125,9 +126,10 @@ def _check(proc: subprocess.CompletedProcess, argv: Sequence[str]) -> str:
     return proc.stdout
 
 
-def require_tools(lab: Lab | None = None, run: Runner = _run,
-                  which: Callable[[str], str | None] = shutil.which) -> None:
+def require_tools(lab: Lab | None = None, run: Runner | None = None,
+                  which: Which | None = None) -> None:
     """containerlab on PATH, a Docker engine that answers, and (with a lab) its images."""
+    run, which = run or _run, which or shutil.which
     if which(CONTAINERLAB) is None:
         raise ClabError(f"containerlab is not installed (not on PATH); install it "
                         f"({INSTALL_HINT}) or use the default netns runtime")
@@ -189,9 +191,10 @@ def _inspect(lab: Lab, run: Runner) -> dict[str, dict[str, Any]]:
     return parse_inspect(proc.stdout, lab)
 
 
-def up(lab: Lab, log: Log = print, run: Runner = _run,
-       which: Callable[[str], str | None] = shutil.which) -> UpResult:
+def up(lab: Lab, log: Log = print, run: Runner | None = None,
+       which: Which | None = None) -> UpResult:
     """Deploy the lab (unless it already runs), apply impairments, write the inventory."""
+    run = run or _run
     require_tools(lab, run, which)
     result = UpResult()
     present = _inspect(lab, run)
@@ -220,8 +223,9 @@ def up(lab: Lab, log: Log = print, run: Runner = _run,
     return result
 
 
-def down(lab: Lab, log: Log = print, run: Runner = _run,
-         which: Callable[[str], str | None] = shutil.which) -> None:
+def down(lab: Lab, log: Log = print, run: Runner | None = None,
+         which: Which | None = None) -> None:
+    run = run or _run
     require_tools(None, run, which)
     argv = destroy_argv(lab)
     log(f"clab: {' '.join(argv)}")
@@ -229,9 +233,9 @@ def down(lab: Lab, log: Log = print, run: Runner = _run,
     log(f"down: lab {lab.name} destroyed (containers, links, {lab.lab_dir.name}/)")
 
 
-def status(lab: Lab, run: Runner = _run,
-           which: Callable[[str], str | None] = shutil.which) -> dict[str, Any]:
+def status(lab: Lab, run: Runner | None = None, which: Which | None = None) -> dict[str, Any]:
     """Live state of the lab, the same top-level shape as the netns runtime's status."""
+    run = run or _run
     require_tools(None, run, which)
     present = _inspect(lab, run)
     nodes = []
