@@ -228,21 +228,29 @@ class CascadeBob:
         # Bob's current parities (B) and Alice's known parities (A, -1 unknown) of every node
         self.B = np.zeros(lay.total_nodes, np.uint8)
         self.A = np.full(lay.total_nodes, -1, np.int8)
+        self._started = 0  # passes whose parity trees exist (B is built when a pass starts)
         for p in range(lay.passes):
             K = int(lay.K[p])
-            leaf = lay.permuted(p, self.y[:-1])
             o = lay.offset[p]
-            self.B[o[K]:o[K] + len(leaf)] = leaf
-            # pure padding leaves are known zeros for both
+            # pure padding leaves are known zeros for both; padding propagates up
             pad = np.tile(lay.perm1[p] == lay.n, lay.frames)
-            self.A[o[K]:o[K] + len(leaf)][pad] = 0
+            self.A[o[K]:o[K] + len(pad)][pad] = 0
             for lv in range(K - 1, -1, -1):
-                child = self.B[o[lv + 1]:o[lv + 1] + (lay.n_top[p] << (lv + 1))]
-                self.B[o[lv]:o[lv] + (lay.n_top[p] << lv)] = child[0::2] ^ child[1::2]
-            for lv in range(K - 1, -1, -1):  # padding propagates up: node known 0 if both are
                 ca = self.A[o[lv + 1]:o[lv + 1] + (lay.n_top[p] << (lv + 1))]
                 both = (ca[0::2] == 0) & (ca[1::2] == 0)
                 self.A[o[lv]:o[lv] + (lay.n_top[p] << lv)][both] = 0
+
+    def _build(self, p: int) -> None:
+        """Bob's parity tree of pass p from his current bits."""
+        lay = self.layout
+        K = int(lay.K[p])
+        leaf = lay.permuted(p, self.y[:-1])
+        o = lay.offset[p]
+        self.B[o[K]:o[K] + len(leaf)] = leaf
+        for lv in range(K - 1, -1, -1):
+            child = self.B[o[lv + 1]:o[lv + 1] + (lay.n_top[p] << (lv + 1))]
+            self.B[o[lv]:o[lv] + (lay.n_top[p] << lv)] = child[0::2] ^ child[1::2]
+        self._started = p + 1
 
     # ------------------------------------------------------------------ helpers
     def _ask_batch(self, nodes: np.ndarray) -> np.ndarray:
@@ -270,18 +278,23 @@ class CascadeBob:
         return np.concatenate(rows, axis=0)
 
     def _flip(self, bits: np.ndarray, upto_pass: int) -> np.ndarray:
-        """Flip Bob's bits; update his parities in every pass; return the touched nodes."""
+        """Flip Bob's bits; update his parity trees; return the touched path nodes."""
         self.y[bits] ^= 1
         self.flips += len(bits)
         lay = self.layout
-        all_paths = self._path_nodes(bits, lay.passes - 1)
-        np.bitwise_xor.at(self.B, all_paths.ravel(), np.uint8(1))
-        # the flipped bits are now known to equal Alice's: record them as known leaves
+        paths = self._path_nodes(bits, self._started - 1)
+        flat = np.sort(paths.ravel())
+        # toggle every node an odd number of times (several flipped bits can share a node)
+        if len(flat):
+            starts = np.flatnonzero(np.concatenate([[True], flat[1:] != flat[:-1]]))
+            runs = np.diff(np.concatenate([starts, [len(flat)]]))
+            self.B[flat[starts[(runs & 1) == 1]]] ^= 1
+        # the flipped bits now equal Alice's: their leaves are known in every pass
         for p in range(lay.passes):
             leaf = lay.offset[p, int(lay.K[p])] + lay.position(p, bits)
-            self.A[leaf] = self.B[leaf].astype(np.int8)
+            self.A[leaf] = self.y[bits].astype(np.int8)
         rows = int(sum(int(lay.K[p]) + 1 for p in range(upto_pass + 1)))
-        return all_paths[:rows]
+        return paths[:rows]
 
     def _odd(self, nodes: np.ndarray) -> np.ndarray:
         a = self.A[nodes]
@@ -293,6 +306,7 @@ class CascadeBob:
         cur = np.zeros(0, np.int64)  # node ids of active searches (each known odd)
         total = None  # Alice's parity of each whole frame, known after pass 0
         for p in range(lay.passes):
+            self._build(p)
             top = lay.top_nodes(p)
             per_frame = top.reshape(lay.frames, -1)
             if total is not None and per_frame.shape[1] > 1:
