@@ -16,8 +16,14 @@ from qkdtwin.control.admission import AdmissionControl
 from qkdtwin.control.monitoring import Monitoring
 from qkdtwin.control.routing import RoutingElement
 from qkdtwin.control.sdn import SdnController
-from tests.support.control import FakeKM, broker_cfg, make_bus, register_star6, telemetry, \
-    wait_for
+from tests.support.control import (
+    FakeKM,
+    broker_cfg,
+    make_bus,
+    register_star6,
+    telemetry,
+    wait_for,
+)
 
 pytestmark = pytest.mark.unit
 
