@@ -109,6 +109,7 @@ class Bus:
         self.broker = broker
         self.client_id = client_id
         self._subs: dict[str, tuple[Handler, int]] = {}
+        self._connect_hooks: list[Callable[[], None]] = []
         self._pending: dict[bytes, tuple[threading.Event, list]] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -157,6 +158,12 @@ class Bus:
         client.subscribe(topics)
         self._connected.set()
         log.info("connected to broker %s:%s", self.broker.host, self.broker.port)
+        for hook in self._connect_hooks:  # e.g. republish retained state lost by the broker
+            self._pool.submit(hook)
+
+    def on_connected(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` (on the worker pool) after every (re)connection."""
+        self._connect_hooks.append(hook)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
