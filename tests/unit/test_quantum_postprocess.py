@@ -97,3 +97,20 @@ def test_corrupted_frame_is_discarded_by_verification(monkeypatch):
     assert out.bob.frames_failed == 1 and out.alice.frames_failed == 1
     assert (out.alice_key == out.bob_key).all()
     assert out.bob.kept_bits < out.bob.reconciled_bits
+
+
+def test_prediction_matches_emulated_block():
+    from qkdtwin.quantum.link import predict_block
+
+    p = LinkParams(length_km=20)
+    n = 60_000_000
+    out = run_link_block(p, n, np.random.default_rng(8))
+    pred = predict_block(p, n)
+    assert abs(out.secret_bits - pred["secret_bits"]) < 0.25 * pred["secret_bits"]
+    assert abs(out.bob.sifted_signal - pred["sifted_signal"]) < 0.02 * pred["sifted_signal"]
+
+
+def test_too_short_block_ends_with_no_key_on_both_sides():
+    out = run_link_block(LinkParams(length_km=100), 1_000_000, np.random.default_rng(2))
+    assert out.alice_key is None and out.bob_key is None
+    assert out.bob.reason
