@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -153,6 +154,14 @@ class Bus:
         if reason_code.is_failure:
             log.warning("broker refused connection: %s", reason_code)
             return
+        # Small request/reply messages otherwise wait for delayed ACKs (Nagle): ~40 ms per
+        # hop. The broker needs `set_tcp_nodelay true` for the other direction.
+        sock = client.socket()
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         # Resubscribe everything: the broker may have restarted and lost our session.
         topics = [(self._reply_topic + "/#", 1)] + [(t, q) for t, (_, q) in self._subs.items()]
         client.subscribe(topics)
