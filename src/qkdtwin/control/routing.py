@@ -75,7 +75,8 @@ class RoutingElement(Element):
             found = self.topo.release(sid)
             if found:
                 self.event("reservation_released", sid)
-            self.bus.reply(msg, {"type": "released", "ok": True, "found": found})
+            if msg.response_topic:
+                self.bus.reply(msg, {"type": "released", "ok": True, "found": found})
         elif kind == "link_metrics":
             if isinstance(payload.get("link"), str):
                 self.topo.set_metrics(payload["link"], payload)
