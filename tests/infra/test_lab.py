@@ -47,8 +47,11 @@ def test_supervisord_runs_in_the_node(deployed_lab, infra_node):
     ns_of_node = host.check_output("readlink /proc/self/ns/net")
     assert ns_of_pid == ns_of_node
     data_dir = deployed_lab.hostvars(infra_node)["qkdtwin_data_dir"]
-    assert host.file(f"{data_dir}/run/supervisor.sock").is_socket
     assert host.file(f"{data_dir}/run/supervisord.pid").content_string.strip() == pid
+    # Its control server is on the node's own loopback only, behind a password.
+    assert host.socket("tcp://127.0.0.1:9001").is_listening
+    conf = host.file("/etc/qkdtwin/supervisord.conf")
+    assert conf.mode == 0o600 and "password = " in conf.content_string
 
 
 def test_p2p_addresses_present(deployed_lab, infra_node):
