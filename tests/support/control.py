@@ -75,9 +75,10 @@ class FakeKM:
                                                 "session_id": p["session_id"]})
 
     def authenticate(self, sae_id: str, user: str, peer: str, ou: str = "sae",
-                     cn: str | None = None) -> dict[str, Any]:
+                     cn: str | None = None, session_id: str | None = None) -> dict[str, Any]:
         return self.bus.request(bus.ACCESS_IN, {
             "type": "authenticate", "km": self.name, "sae_id": sae_id, "peer_sae_id": peer,
+            "session_id": session_id,
             "cert": {"cn": cn or sae_id, "o": user, "ou": ou, "fingerprint": "00"}})
 
     def open(self, sae_id: str, peer: str, user: str, session_id: str | None = None,
