@@ -3,8 +3,9 @@
 The variant follows Martinez-Mateo, Pacher, Peev, Ciurana, Martin, "Demystifying the
 information reconciliation protocol Cascade" (QIC 15, 2015): small power-of-two first-pass
 blocks (~0.7/QBER), a second pass ~4x larger, many cheap final passes of n/2, block parity
-inference, and reuse of every parity already disclosed (the cascade effect starts a search at the smallest block known to hold an odd
-number of errors, and known sub-block parities are never asked again).
+inference, and reuse of every parity already disclosed (the cascade effect starts a search
+at the smallest block known to hold an odd number of errors, and known sub-block parities
+are never asked again).
 
 Two parties:
 
