@@ -19,6 +19,10 @@ COMMAND_MODULES = (
     "qkdtwin.deploy",           # deploy
     "qkdtwin.quantum.cli",      # keyrate
     "qkdtwin.control.cli",      # users
+    "qkdtwin.sae.cli",          # sae (application client, ETSI 014/004)
+    "qkdtwin.recorder",         # record (the lab's event recorder)
+    "qkdtwin.timeline",         # timeline
+    "qkdtwin.dashboard.cli",    # dashboard
 )
 
 
