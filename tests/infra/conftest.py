@@ -19,6 +19,7 @@ import pytest
 import testinfra
 import yaml
 
+from tests.infra.labcopy import copy_lab
 from tests.infra.netns_backend import register
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,22 +43,6 @@ def infra_node_names() -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "infra_node" in metafunc.fixturenames:
         metafunc.parametrize("infra_node", infra_node_names(), scope="session")
-
-
-def copy_lab(src: Path, dest_dir: Path, name: str, octet: int) -> Path:
-    """A renamed copy of a lab (and its users file) with the mgmt subnet 172.31.<octet>.0/24."""
-    text = src.read_text()
-    old = yaml.safe_load(text)
-    old_prefix = old["mgmt"]["ipv4-subnet"].rsplit(".", 1)[0] + "."
-    text = text.replace(f"name: {old['name']}", f"name: {name}", 1)
-    text = text.replace(old_prefix, f"172.31.{octet}.")
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / f"{name}.clab.yml"
-    dest.write_text(text)
-    users = src.with_name(src.name.replace(".clab.yml", ".users.yml"))
-    if users.exists():
-        shutil.copy(users, dest_dir / f"{name}.users.yml")
-    return dest
 
 
 @dataclass

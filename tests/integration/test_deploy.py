@@ -18,7 +18,7 @@ from qkdtwin.cli import main
 from qkdtwin.deploy import deploy
 from qkdtwin.runtime import netns
 from qkdtwin.topology import load_lab
-from tests.infra.conftest import DEFAULT_SOURCE, copy_lab
+from tests.infra.labcopy import copy_lab
 
 pytestmark = [
     pytest.mark.integration,
@@ -27,6 +27,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto"),
 ]
 
+LINE3 = Path(__file__).resolve().parents[2] / "labs" / "line3.clab.yml"
 SUPERVISORCTL = "-m supervisor.supervisorctl -c /etc/qkdtwin/supervisord.conf"
 
 
@@ -40,7 +41,7 @@ def lab_pids(lab) -> dict[str, list[int]]:
 
 
 def test_deploy_twice_repair_fail_and_down(tmp_path, capsys):
-    lab = load_lab(copy_lab(DEFAULT_SOURCE, tmp_path, "depline3", 234))
+    lab = load_lab(copy_lab(LINE3, tmp_path, "depline3", 234))
     netns.down(lab, log=lambda _: None)  # leftovers of an interrupted earlier run
     try:
         # 1. First deploy: everything is created.

@@ -1,0 +1,24 @@
+"""Renamed copies of a lab, so tests and benchmarks never touch a lab deployed from labs/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+
+def copy_lab(src: Path, dest_dir: Path, name: str, octet: int) -> Path:
+    """A renamed copy of a lab (and its users file) with the mgmt subnet 172.31.<octet>.0/24."""
+    text = src.read_text()
+    old = yaml.safe_load(text)
+    old_prefix = old["mgmt"]["ipv4-subnet"].rsplit(".", 1)[0] + "."
+    text = text.replace(f"name: {old['name']}", f"name: {name}", 1)
+    text = text.replace(old_prefix, f"172.31.{octet}.")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / f"{name}.clab.yml"
+    dest.write_text(text)
+    users = src.with_name(src.name.replace(".clab.yml", ".users.yml"))
+    if users.exists():
+        shutil.copy(users, dest_dir / f"{name}.users.yml")
+    return dest
