@@ -114,3 +114,43 @@ def test_too_short_block_ends_with_no_key_on_both_sides():
     out = run_link_block(LinkParams(length_km=100), 1_000_000, np.random.default_rng(2))
     assert out.alice_key is None and out.bob_key is None
     assert out.bob.reason
+
+
+def test_two_processes_worth_of_sides_over_a_socket():
+    """Alice's handler on one end of a socket pair, Bob's driver on the other."""
+    import socket
+    import threading
+
+    from qkdtwin.quantum.channel import AliceSource, BobDetector, ChannelFrame
+    from qkdtwin.quantum.postprocess import AlicePostProcessor, BobPostProcessor
+
+    p = LinkParams(length_km=15)
+    src = AliceSource(p, np.random.default_rng(1))
+    det = BobDetector(p, np.random.default_rng(2))
+    for _ in range(3):
+        msg = wire.decode(wire.encode(src.emit(10_000_000).to_message()))
+        det.detect(ChannelFrame.from_message(msg))
+    src.emit(10_000_000)  # a frame Bob has not seen yet stays with Alice for the next block
+    a_sock, b_sock = socket.socketpair()
+    alice_holder = {}
+
+    def alice_side():
+        first = wire.recv_msg(a_sock)
+        alice = AlicePostProcessor(p, src.take(first["end_slot"]), np.random.default_rng(3))
+        alice_holder["a"] = alice
+        wire.send_msg(a_sock, alice.handle(first))
+        while not alice.done:
+            wire.send_msg(a_sock, alice.handle(wire.recv_msg(a_sock)))
+
+    th = threading.Thread(target=alice_side)
+    th.start()
+    try:
+        bob = BobPostProcessor(p, det.take(), wire.SocketTransport(b_sock),
+                               np.random.default_rng(4)).run()
+    finally:
+        th.join(30)
+        a_sock.close()
+        b_sock.close()
+    alice = alice_holder["a"].result
+    assert bob.key is not None and (alice.key == bob.key).all()
+    assert src.records.first_slot == 30_000_000 and len(src.records.ends) == 1

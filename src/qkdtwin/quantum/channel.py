@@ -66,16 +66,26 @@ class ChannelFrame:
     multi: np.ndarray      # bool
 
     def to_message(self) -> dict:
+        """Compact form for the network: slots relative to the frame (uint32), and one byte
+        per event holding basis, value and the multi-photon flag."""
+        if self.n_pulses > 2**32:
+            raise ValueError("a channel frame may hold at most 2^32 pulses")
+        state = (self.multi.astype(np.uint8) << 2) | (self.basis << 1) | self.value
         return {"type": "frame", "index": self.index, "offset": self.offset,
-                "n_pulses": self.n_pulses, "positions": self.positions,
-                "state": (self.basis << 1 | self.value).astype(np.uint8), "multi": self.multi}
+                "n_pulses": self.n_pulses,
+                "slots": (self.positions - self.offset).astype(np.uint32),
+                "state": state.astype(np.uint8)}
 
     @classmethod
     def from_message(cls, m: dict) -> ChannelFrame:
         state = np.asarray(m["state"], np.uint8)
-        return cls(int(m["index"]), int(m["offset"]), int(m["n_pulses"]),
-                   np.asarray(m["positions"], np.int64), state >> 1, state & 1,
-                   np.asarray(m["multi"], bool))
+        slots = np.asarray(m["slots"], np.uint32)
+        n = int(m["n_pulses"])
+        if len(slots) != len(state) or (len(slots) and int(slots.max()) >= n):
+            raise ValueError("malformed channel frame")
+        offset = int(m["offset"])
+        return cls(int(m["index"]), offset, n, slots.astype(np.int64) + offset,
+                   (state >> 1) & 1, state & 1, (state >> 2).astype(bool))
 
 
 @dataclass

@@ -8,6 +8,7 @@ array buffers in order. Only plain dtypes (bool, ints, floats) are accepted when
 from __future__ import annotations
 
 import json
+import socket
 import struct
 from typing import Any
 
@@ -72,3 +73,45 @@ def decode(data: bytes) -> dict[str, Any]:
         return v
 
     return walk(header["m"])
+
+
+MAX_MESSAGE = 256 * 1024 * 1024
+
+
+def send_msg(sock: socket.socket, msg: dict[str, Any]) -> int:
+    """Send one message with an 8-byte length prefix; return the bytes sent."""
+    data = encode(msg)
+    sock.sendall(struct.pack(">Q", len(data)) + data)
+    return len(data) + 8
+
+
+def recv_msg(sock: socket.socket) -> dict[str, Any]:
+    """Receive one length-prefixed message (ConnectionError when the peer closed)."""
+    (size,) = struct.unpack(">Q", _recv_exact(sock, 8))
+    if size > MAX_MESSAGE:
+        raise ValueError(f"message of {size} bytes exceeds the limit")
+    return decode(_recv_exact(sock, size))
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise ConnectionError("peer closed the connection")
+        buf += chunk
+    return bytes(buf)
+
+
+class SocketTransport:
+    """`Transport` over a connected stream socket: one request/reply per round trip."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.round_trips = 0
+        self.bytes_sent = 0
+
+    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.round_trips += 1
+        self.bytes_sent += send_msg(self.sock, msg)
+        return recv_msg(self.sock)
