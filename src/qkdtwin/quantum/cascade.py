@@ -308,24 +308,25 @@ class CascadeBob:
     def run(self) -> CascadeResult:
         lay = self.layout
         cur = np.zeros(0, np.int64)  # node ids of active searches (each known odd)
-        total = None  # Alice's parity of each whole frame, known after pass 0
+        # Every top-level parity of every pass is always disclosed (none can be known
+        # earlier), so all are fetched in the first round trip; the last block of each frame
+        # in passes >= 1 is not asked but inferred from the frame's total parity.
+        tops = [lay.top_nodes(p).reshape(lay.frames, -1) for p in range(lay.passes)]
+        ask = [tops[0].ravel()]
+        for p in range(1, lay.passes):
+            ask.append((tops[p][:, :-1] if tops[p].shape[1] > 1 else tops[p]).ravel())
+        need = np.concatenate(ask)
+        need = need[self.A[need] < 0]
+        if len(need):
+            self._ask_batch(need)
+        total = np.bitwise_xor.reduce(self.A[tops[0]], axis=1)
+        for p in range(1, lay.passes):
+            if tops[p].shape[1] > 1:
+                rest = np.bitwise_xor.reduce(self.A[tops[p][:, :-1]], axis=1)
+                self.A[tops[p][:, -1]] = total ^ rest
         for p in range(lay.passes):
             self._build(p)
-            top = lay.top_nodes(p)
-            per_frame = top.reshape(lay.frames, -1)
-            if total is not None and per_frame.shape[1] > 1:
-                # block parity inference: the last block of a frame follows from the others
-                ask = per_frame[:, :-1].ravel()
-            else:
-                ask = top
-            need = ask[self.A[ask] < 0]
-            if len(need):
-                self._ask_batch(need)
-            if total is None:
-                total = np.bitwise_xor.reduce(self.A[per_frame], axis=1)
-            elif per_frame.shape[1] > 1:
-                last = per_frame[:, -1]
-                self.A[last] = total ^ np.bitwise_xor.reduce(self.A[per_frame[:, :-1]], axis=1)
+            top = tops[p].ravel()
             cur = np.unique(np.concatenate([cur, top[self._odd(top)]]))
             cur = self._search(cur, p)
         key = self.y[:-1].reshape(self.plan.frames, self.plan.n).copy()
