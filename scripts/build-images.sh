@@ -120,9 +120,17 @@ EOF
 # $BUILD/wheels is a cache across runs; the qkdtwin wheel is always rebuilt (same version,
 # new code).
 rm -f "$BUILD"/wheels/qkdtwin-*.whl
-"$PYTHON" -m pip wheel -q --wheel-dir "$BUILD/wheels" --find-links "$BUILD/wheels" \
+# The cache alone first (offline, fast); the package index only for what it lacks.
+"$PYTHON" -m pip wheel -q --no-index --wheel-dir "$BUILD/wheels" --find-links "$BUILD/wheels" \
+  -r "$CTX/requirements.txt" pip >/dev/null 2>&1 \
+|| "$PYTHON" -m pip wheel -q --wheel-dir "$BUILD/wheels" --find-links "$BUILD/wheels" \
   -r "$CTX/requirements.txt" pip 2> >(quiet_pip) \
-  || die "pip wheel failed (no package index and no cached wheels?)"
+|| die "pip wheel failed (no package index and no cached wheels?)"
+# setuptools builds in build/lib and never removes files deleted from src/: start clean.
+rm -rf "$ROOT/build/lib" "$ROOT"/build/bdist.*
+# A fixed timestamp makes the wheel byte-identical while the sources are, so Docker's layer
+# cache holds and an unchanged tree rebuilds in seconds.
+SOURCE_DATE_EPOCH=315532800 \
 "$PYTHON" -m pip wheel -q --no-deps --wheel-dir "$BUILD/wheels" "$ROOT" 2> >(quiet_pip) \
   || die "cannot build the qkdtwin wheel"
 # Only what the requirements need (plus pip) goes into the build context.
@@ -134,10 +142,15 @@ say "wheelhouse: $(ls "$CTX/wheels" | wc -l) wheels, $(du -sh "$CTX/wheels" | cu
 
 # --- 4. images -------------------------------------------------------------------------
 say "building qkdtwin/node:$TAG from $BASE"
-docker build -q --network host --build-arg "BASE=$BASE" -f images/Dockerfile.node \
+# The venv stage is tagged too: an untagged stage would be pruned below and lose its cache.
+docker build -q --force-rm --network host --build-arg "BASE=$BASE" -f images/Dockerfile.node \
+  --target venv -t "qkdtwin/node-venv:$TAG" "$CTX" >/dev/null 2> >(quiet_build)
+docker build -q --force-rm --network host --build-arg "BASE=$BASE" -f images/Dockerfile.node \
   -t "qkdtwin/node:$TAG" "$CTX" >/dev/null 2> >(quiet_build)
 say "building qkdtwin/broker:$TAG"
-docker build -q --network host --build-arg "NODE_IMAGE=qkdtwin/node:$TAG" \
+docker build -q --force-rm --network host --build-arg "NODE_IMAGE=qkdtwin/node:$TAG" \
   -f images/Dockerfile.broker -t "qkdtwin/broker:$TAG" "$CTX" >/dev/null 2> >(quiet_build)
+# Superseded images and build stages of earlier runs (untagged, ours only).
+docker image prune -f --filter label=io.qkdtwin.build=1 >/dev/null
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' \
   | grep -E "^(qkdtwin/(node|broker):$TAG|$BASE) " | sed 's/^/images: /'

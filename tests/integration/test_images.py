@@ -97,7 +97,7 @@ def test_node_runs_the_package_and_tools(container):
     assert "tini" in dexec(container, "tr '\\0' ' ' </proc/1/cmdline").stdout
     assert dexec(container, "command -v python").stdout.strip() == \
         str(Path(NODE_PYTHON).parent / "python")
-    for tool in ("ip", "tc", "nft", "mosquitto_pub", "mosquitto_sub", "tini", "pgrep"):
+    for tool in ("ip", "tc", "nft", "ping", "mosquitto_pub", "mosquitto_sub", "tini", "pgrep"):
         dexec(container, f"command -v {tool}")
     dexec(container, f"test -d {NODE_DATA_DIR} && test -d /etc/qkdtwin")
     # Every module of the package imports, except host-only plotting (matplotlib is left
