@@ -229,6 +229,8 @@ def deploy(lab_ref: str | Path, *, log: Log = print, verbose: bool = False,
     from qkdtwin.topology import load_lab
 
     start = time.monotonic()
+    if not playbook.is_file():  # before touching the lab
+        raise UserError(f"no such playbook: {playbook}")
     lab = load_lab(lab_ref)
     up = netns.up(lab, log=log)
     for warning in up.warnings:
