@@ -67,3 +67,20 @@ def test_eve_above_threshold_gives_no_key():
     out = run_link_block(p, 20_000_000, np.random.default_rng(3))
     assert out.alice_key is None and out.bob_key is None
     assert out.estimate.aborted and "above threshold" in out.estimate.reason
+
+
+def test_dark_counts_dominate_errors_at_long_distance():
+    p = LinkParams(length_km=130)
+    rec, det, cls, bit, basis = _measure(p, 200_000_000, seed=3)
+    k = int((cls == 0).sum())
+    q_model = keyrate.gain(p)
+    assert abs(k - rec.sent[0] * q_model) < 5 * math.sqrt(rec.sent[0] * q_model)
+    s = (cls == 0) & (basis == det.basis)
+    e_model = keyrate.qber(p)
+    assert e_model > 0.045  # dark counts (error 1/2) now weigh in
+    errs = int((bit[s] != det.bit[s]).sum())
+    assert abs(errs - s.sum() * e_model) < 5 * math.sqrt(s.sum() * e_model)
+    # vacuum pulses click only in the dark, with random bits
+    v = cls == 2
+    assert abs(v.sum() - rec.sent[2] * p.dark_count_prob) < 5 * math.sqrt(
+        rec.sent[2] * p.dark_count_prob) + 3

@@ -116,7 +116,7 @@ def _plot(params: LinkParams, dists: list[float], path: str) -> None:
     import matplotlib.pyplot as plt
 
     top = max(max(dists), 160.0)
-    xs = [top * i / 200 for i in range(201)]
+    xs = [top * i / 100 for i in range(101)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in keyrate.MODELS:
         ys = [keyrate.optimal_mu(params.replace(length_km=x), m)[1] for x in xs]
