@@ -293,8 +293,9 @@ def test_inactivity_timeout_terminates_and_confirms(lab):
         closes = [p for p in ctl.of_type("close_request") if p["session_id"] == sid]
         assert closes and closes[0]["reason"] == "timeout" and closes[0]["km"] == "km1"
         assert {c[0] for c in ctl.confirms if c[1] == sid} == {"km0", "km1"}
-        states = [e for e in ctl.events if e.get("session_id") == sid
-                  and e["kind"] == "session_state" and e["element"] == "km1"]
+        states = sorted((e for e in ctl.events if e.get("session_id") == sid
+                         and e["kind"] == "session_state" and e["element"] == "km1"),
+                        key=lambda e: e["ts"])
         assert [s["new"] for s in states][:3] == ["USER_ACCEPTED", "OPERATIVE", "KEY_EXCHANGING"]
         assert states[-1]["new"] == "TERMINATED"
     finally:
@@ -302,3 +303,99 @@ def test_inactivity_timeout_terminates_and_confirms(lab):
     # a new request opens a new session
     assert a1.post(f"{km(lab, 'km1')}/api/v1/keys/sae-a0/enc_keys", json={}).status_code == 200
     assert [p["type"] for p in ctl.of_type("key_request")]  # key-request signals were sent
+
+
+def test_relayed_key_crosses_transit_only_encrypted(lab):
+    """The transit KM km1 never holds a relayed key in clear: not in its database (WAL
+    included), not in its log; what it forwards is OTP ciphertext."""
+    import sqlite3
+    a0 = lab["saes"]["sae-a0"]
+    keys = []
+    for _ in range(5):
+        r = a0.post(f"{km(lab, 'km0')}/api/v1/keys/sae-a2/enc_keys", json={"number": 8})
+        keys += [base64.b64decode(k["key"]) for k in r.json()["keys"]]
+    blobs = b""
+    for f in sorted((lab["dir"] / "km1").iterdir()):
+        blobs += f.read_bytes()
+    blobs += (lab["dir"] / "km1.log").read_bytes()
+    for k in keys:
+        assert k not in blobs
+        assert base64.b64encode(k) not in blobs and k.hex().encode() not in blobs
+    db = sqlite3.connect(lab["dir"] / "km1" / "km.sqlite")
+    from qkdtwin.key_manager.sessions import session_id_014
+    sid = session_id_014("sae-a0", "sae-a2")
+    assert db.execute("SELECT count(*) FROM e2e_keys WHERE session_id=?", (sid,)
+                      ).fetchone()[0] == 0
+    db.close()
+    # ...while the destination does hold them until its application asks
+    blobs2 = b"".join(f.read_bytes() for f in (lab["dir"] / "km2").iterdir())
+    assert any(k in blobs2 for k in keys)
+
+
+def test_sigkill_loses_and_duplicates_nothing(lab):
+    """Kill the source KM, then the destination KM, with SIGKILL during relayed traffic:
+    every key the master received is delivered to the slave exactly once, none twice."""
+    import threading
+
+    import requests
+    cluster = lab["cluster"]
+    a0, a2 = lab["saes"]["sae-a0"], lab["saes"]["sae-a2"]
+    got: list[dict] = []
+    errors: list[int] = []
+    stop = threading.Event()
+
+    def traffic():
+        s = sae_session(lab["ca"], "sae-a0", "alice")
+        while not stop.is_set():
+            try:
+                r = s.post(f"{km(lab, 'km0')}/api/v1/keys/sae-a2/enc_keys",
+                           json={"number": 2}, timeout=5)
+                if r.status_code == 200:
+                    got.extend(r.json()["keys"])
+                else:
+                    errors.append(r.status_code)
+            except requests.RequestException:
+                errors.append(-1)
+                time.sleep(0.05)
+
+    def recovered(timeout=15.0):
+        n = len(got)
+        deadline = time.time() + timeout
+        while time.time() < deadline and len(got) < n + 10:
+            time.sleep(0.05)
+        assert len(got) >= n + 10, f"no traffic after restart: {errors[-5:]}"
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        recovered()
+        for node in ("km0", "km2", "km1"):
+            cluster.kill(node)
+            time.sleep(0.3)
+            cluster.start_node(node)
+            cluster.wait_healthy(node)
+            t0 = time.time()
+            recovered()
+            print(f"{node} restarted; traffic again after {time.time() - t0:.2f}s")
+    finally:
+        stop.set()
+        t.join(10)
+    assert len(got) > 20, (len(got), errors)
+    ids = [k["key_ID"] for k in got]
+    assert len(set(ids)) == len(ids)
+    assert len({k["key"] for k in got}) == len(got)
+    # the slave gets every one of them, once
+    delivered = []
+    for i in range(0, len(ids), 100):
+        r = a2.post(f"{km(lab, 'km2')}/api/v1/keys/sae-a0/dec_keys",
+                    json={"key_IDs": [{"key_ID": k} for k in ids[i:i + 100]]})
+        assert r.status_code == 200, r.text
+        delivered += r.json()["keys"]
+    assert delivered == got
+    r = a2.post(f"{km(lab, 'km2')}/api/v1/keys/sae-a0/dec_keys",
+                json={"key_IDs": [{"key_ID": ids[0]}]})
+    assert r.status_code == 400
+    # and the pair still works after the restarts
+    r = a0.post(f"{km(lab, 'km0')}/api/v1/keys/sae-a2/enc_keys", json={})
+    assert r.status_code == 200, r.text
+    print(f"SIGKILL test: {len(got)} keys delivered, refused/failed meanwhile: {errors}")

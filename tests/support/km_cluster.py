@@ -5,10 +5,12 @@ benchmark: ``KmCluster(tmp, ca, broker_port, links=[("km0","km1"), ("km1","km2")
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +130,14 @@ class KmCluster:
 def sae_session(ca: TestCA, sae: str, user: str) -> requests.Session:
     """An application's HTTPS client (keep-alive, client certificate CN=sae, O=user)."""
     ident = ca.issue(sae, ou="sae", o=user)
+    # TestCA names files after ou/cn only: keep a private copy so that a later certificate
+    # with the same CN (e.g. a test's impostor) does not replace this one
+    tag = uuid.uuid4().hex[:8]
+    cert, key = f"{ident.cert}.{tag}", f"{ident.key}.{tag}"
+    shutil.copyfile(ident.cert, cert)
+    shutil.copyfile(ident.key, key)
     s = requests.Session()
-    s.cert = (ident.cert, ident.key)
+    s.cert = (cert, key)
     s.verify = ca.ca
     s.trust_env = False
     return s

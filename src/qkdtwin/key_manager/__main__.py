@@ -32,7 +32,7 @@ def main(raw: dict[str, Any]) -> None:
         # stop from another thread (serve() runs here); every change is already committed,
         # so if keep-alive connections hold the workers, leaving hard is safe
         threading.Thread(target=server.stop, daemon=True).start()
-        threading.Timer(2.0, os._exit, (0,)).start()
+        threading.Timer(0.5, os._exit, (0,)).start()
 
     signal.signal(signal.SIGTERM, _term)
     server.prepare()
@@ -41,7 +41,7 @@ def main(raw: dict[str, Any]) -> None:
         server.serve()
     finally:
         agent.stop()
-        km.stop()
+        km.stop(close_store=False)
 
 
 if __name__ == "__main__":

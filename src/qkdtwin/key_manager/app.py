@@ -102,6 +102,17 @@ def create_app(km: KeyManager) -> Flask:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Response:
+        # read (and drop) a moderately large body so that the client gets to read this answer
+        # instead of a connection reset; beyond 8 MiB the connection is simply closed
+        length = request.content_length or 0
+        if length <= 8 << 20:
+            stream = request.environ.get("wsgi.input")
+            left = length
+            while stream is not None and left > 0:
+                chunk = stream.read(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
         return error(413, f"request body larger than {km.cfg.limits.max_body_bytes} bytes")
 
     @app.errorhandler(HTTPException)

@@ -80,7 +80,7 @@ class LinkPool:
                 self.status = "degraded"
                 log.warning("link %s: %s", self.link, exc, extra={"link": self.link})
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 1.0)  # peers restart fast
             except Exception:  # keep the pool alive whatever happens
                 log.exception("link %s pool loop failed", self.link)
                 self._stop.wait(1.0)

@@ -110,14 +110,17 @@ class KeyManager:
                  extra={"links": [lc.link for lc in self.cfg.links]})
         return self
 
-    def stop(self) -> None:
+    def stop(self, close_store: bool = True) -> None:
+        """Stop the background work. A server that may still be finishing requests passes
+        ``close_store=False``: every change is committed, the process exit closes the file."""
         self._stop.set()
         for sched in self.schedulers.values():
             sched.stop()
         for pool in self.pools.values():
             pool.stop()
         self.control.stop()
-        self.store.close()
+        if close_store:
+            self.store.close()
 
     def _restore(self) -> None:
         """Sessions that were operative before a restart stay so; half-open ones are gone."""

@@ -103,6 +103,9 @@ class SessionTable:
         self._lock = threading.Lock()
         self._on_change = on_change
         self._save = save
+        # transitions (and their events) of all sessions happen one at a time, so that events
+        # leave in the order of the changes
+        self._order = threading.RLock()
 
     def get(self, session_id: str) -> Session | None:
         with self._lock:
@@ -129,6 +132,10 @@ class SessionTable:
 
     def transition(self, s: Session, new: str, reason: str | None = None) -> bool:
         """Move ``s`` to ``new``; False if it is already terminated (nothing changes)."""
+        with self._order:
+            return self._transition(s, new, reason)
+
+    def _transition(self, s: Session, new: str, reason: str | None) -> bool:
         with s.cond:
             old = s.state
             if old == TERMINATED:
