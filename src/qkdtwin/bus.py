@@ -139,6 +139,7 @@ class Bus:
         return self
 
     def stop(self) -> None:
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -176,6 +177,8 @@ class Bus:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
+        if getattr(self, "_stopping", False):
+            return  # our own stop(): nothing to warn about
         log.warning("disconnected from broker (%s); reconnecting", reason_code)
 
     # -- receiving --
