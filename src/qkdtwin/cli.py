@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "qkdtwin.deploy",           # deploy
     "qkdtwin.quantum.cli",      # keyrate
     "qkdtwin.control.cli",      # users
+    "qkdtwin.qkd_module.cli",   # eve
     "qkdtwin.sae.cli",          # sae (application client, ETSI 014/004)
     "qkdtwin.recorder",         # record (the lab's event recorder)
     "qkdtwin.timeline",         # timeline
