@@ -29,6 +29,7 @@ class KmCluster:
 
     def __init__(self, directory: Path, ca: TestCA, broker_port: int | None,
                  links: list[tuple[str, str]], rate_keys_per_s: float | None = None,
+                 rates: dict[str, float] | None = None,
                  extra: dict[str, Any] | None = None,
                  per_km: dict[str, dict[str, Any]] | None = None) -> None:
         self.dir = Path(directory)
@@ -41,7 +42,8 @@ class KmCluster:
         self.configs: dict[str, Path] = {}
         self.ids = {n: ca.issue(n, ou="node") for n in self.nodes}
         for a, b in links:
-            self.modules[f"{a}-{b}"] = module_pair(f"{a}-{b}", rate_keys_per_s)
+            self.modules[f"{a}-{b}"] = module_pair(
+                f"{a}-{b}", (rates or {}).get(f"{a}-{b}", rate_keys_per_s))
         for n in self.nodes:
             mods = []
             for a, b in links:

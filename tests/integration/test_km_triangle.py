@@ -1,0 +1,100 @@
+"""Key Managers in a triangle km0 – km1 – km2 – km0 with scarce key on km0–km1: priority
+queues, and a forwarding-table update while a session lives (re-routing)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from qkdtwin.bus import BrokerConfig
+from qkdtwin.key_manager.sessions import session_id_014
+from tests.support.fake_control import FakeControl
+from tests.support.km_cluster import KmCluster, sae_session
+
+pytestmark = pytest.mark.integration
+
+USERS = {
+    "sae-a0": {"user": "alice", "km": "km0"},
+    "sae-a1": {"user": "alice", "km": "km1"},
+    "sae-a2": {"user": "alice", "km": "km2"},
+    "sae-b0": {"user": "bob", "km": "km0", "max_priority": 3},
+}
+LINKS = [("km0", "km1"), ("km1", "km2"), ("km0", "km2")]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, test_ca):
+    from tests.support.broker import TestBroker
+    d = tmp_path_factory.mktemp("triangle")
+    broker = TestBroker(d / "broker", test_ca).start()
+    ident = test_ca.issue("ctl", ou="node")
+    ctl = FakeControl(BrokerConfig("127.0.0.1", broker.port, test_ca.ca, ident.cert, ident.key),
+                      USERS, LINKS).start()
+    cluster = KmCluster(d, test_ca, broker.port, LINKS, rates={"km0-km1": 100.0},
+                        extra={"prefetch_keys": 0, "request_wait_s": 20}).start()
+    saes = {s: sae_session(test_ca, s, u["user"]) for s, u in USERS.items()}
+    yield {"cluster": cluster, "ctl": ctl, "saes": saes}
+    cluster.stop()
+    ctl.stop()
+    broker.stop()
+
+
+def test_higher_priority_served_first_when_key_is_scarce(lab):
+    url = lab["cluster"].url("km0") + "/api/v1/keys/sae-a1/enc_keys"
+    done: list[str] = []
+    lock = threading.Lock()
+
+    def ask(sae: str, prio: int, tag: str) -> None:
+        s = sae_session_cache[sae]
+        r = s.post(url, json={"number": 8, "size": 256,
+                              "extension_optional": [{"qkdtwin_priority": prio}]}, timeout=30)
+        assert r.status_code == 200, r.text
+        with lock:
+            done.append(tag)
+
+    sae_session_cache = {s: lab["saes"][s] for s in ("sae-a0", "sae-b0")}
+    # open both sessions first (priority is fixed when the session is configured)
+    ask("sae-b0", 1, "warm-low")
+    ask("sae-a0", 8, "warm-high")
+    threads = [threading.Thread(target=ask, args=("sae-b0", 1, "low")) for _ in range(14)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    with lock:
+        lows_before = done.count("low")
+    high = [threading.Thread(target=ask, args=("sae-a0", 8, "high")) for _ in range(6)]
+    for t in high:
+        t.start()
+    for t in threads + high:
+        t.join(60)
+    order = [t for t in done if not t.startswith("warm")]
+    last_high = max(i for i, t in enumerate(order) if t == "high")
+    lows_between = order[:last_high].count("low") - lows_before
+    lows_after = order[last_high:].count("low")
+    print(f"completion order: {order} (low done before high arrived: {lows_before})")
+    assert lows_after >= 2, f"key was not scarce, test proves nothing: {order}"
+    assert lows_between <= 2, order
+
+
+def test_forwarding_update_reroutes_a_live_session(lab):
+    ctl = lab["ctl"]
+    a0, a2 = lab["saes"]["sae-a0"], lab["saes"]["sae-a2"]
+    base0, base2 = lab["cluster"].url("km0"), lab["cluster"].url("km2")
+    sid = session_id_014("sae-a0", "sae-a2")
+    k1 = a0.post(f"{base0}/api/v1/keys/sae-a2/enc_keys", json={"number": 2}).json()["keys"]
+    assert ctl.paths[sid] == ["km0", "km2"]
+    ctl.reroute(sid, ["km0", "km1", "km2"])
+    time.sleep(0.5)
+    r = a0.post(f"{base0}/api/v1/keys/sae-a2/enc_keys", json={"number": 2})
+    assert r.status_code == 200, r.text
+    k2 = r.json()["keys"]
+    r = a2.post(f"{base2}/api/v1/keys/sae-a0/dec_keys",
+                json={"key_IDs": [{"key_ID": k["key_ID"]} for k in k1 + k2]})
+    assert r.status_code == 200 and r.json()["keys"] == k1 + k2
+    time.sleep(0.3)
+    ev = [e for e in ctl.events if e.get("session_id") == sid]
+    assert any(e["element"] == "km1" and e["kind"] == "relay_forward" for e in ev)
+    upd = [e for e in ev if e["kind"] == "forwarding_update" and e["element"] == "km0"]
+    assert upd and upd[0]["old_next_hop"] == "km2" and upd[0]["next_hop"] == "km1"
