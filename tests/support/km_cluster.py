@@ -115,7 +115,7 @@ class KmCluster:
             p.wait(5)
 
     def stop(self) -> None:
-        for n, p in self.procs.items():
+        for p in self.procs.values():
             if p.poll() is None:
                 p.terminate()
         for p in self.procs.values():

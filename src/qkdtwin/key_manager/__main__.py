@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 import sys
+import threading
 from typing import Any
 
 from qkdtwin.bus import BrokerConfig, Bus
