@@ -46,6 +46,11 @@ _KIND_CATEGORY = {
     "forwarding_update": "config",
     "keys_delivered": "response",
     "key_available": "qkd_key",
+    # QKD modules (source qkd:<link>, on their KM's line)
+    "qkd_key_flowing": "qkd_key",
+    "qkd_block_aborted": "alarm",
+    "qkd_eve_changed": "alarm",
+    "qkd_peer_lost": "alarm",
     "relay_send": "relay",
     "relay_forward": "relay",
     "relay_receive": "relay",

@@ -1,0 +1,106 @@
+"""`qkdtwin dashboard LAB [--port 8050]`: serve the live dashboard of a deployed lab.
+
+It connects to the lab's broker as the operator (CN=host, ``labs/clab-<lab>/pki/host.*``),
+reads everything (topology, telemetry, alarms, events) and serves the page with cheroot on
+127.0.0.1 (``--host 0.0.0.0`` to show it to others).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Any
+
+from qkdtwin.bus import PREFIX, BrokerConfig, Bus
+from qkdtwin.dashboard.state import LiveState
+from qkdtwin.errors import UserError
+
+TOPICS = (f"{PREFIX}/topology", f"{PREFIX}/telemetry/#", f"{PREFIX}/alarm/#",
+          f"{PREFIX}/events/#")
+
+
+def connect_state(state: LiveState, broker: BrokerConfig, client_id: str = "dashboard",
+                  wait: float = 5.0) -> Bus:
+    """A bus that feeds every lab message into ``state``."""
+    bus = Bus(broker, client_id, workers=2)
+
+    def on_message(topic: str, payload: dict[str, Any], msg: Any) -> None:
+        state.connected = True
+        state.feed(topic, payload)
+
+    for t in TOPICS:
+        bus.subscribe(t, on_message, qos=0)
+    bus.on_connected(lambda: setattr(state, "connected", True))
+    bus.start(wait)
+    state.connected = bus.connected
+    return bus
+
+
+class Server:
+    """cheroot serving a WSGI app in a background thread."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        from cheroot import wsgi
+
+        self.server = wsgi.Server((host, port), app, numthreads=8,
+                                  server_name="qkdtwin-dashboard")
+        self.server.prepare()  # binds now: a busy port is an error here, not in the thread
+        self.port = self.server.bind_addr[1]
+        self.thread = threading.Thread(target=self.server.serve, daemon=True,
+                                       name="dashboard-http")
+
+    def start(self) -> Server:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def build(lab_ref: str) -> tuple[LiveState, Any, Any]:
+    """State, actions and bus of a deployed lab."""
+    from qkdtwin.dashboard.actions import LabActions
+    from qkdtwin.sae.lab import DeployedLab
+
+    lab = DeployedLab.load(lab_ref)
+    state = LiveState(lab.name, lab.nodes, lab.qkd_links)
+    actions = LabActions(lab_ref, lab.name, lab.runtime, {lk["id"]: lk for lk in lab.qkd_links})
+    bus = connect_state(state, lab.broker_config())
+    return state, actions, bus
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from qkdtwin.dashboard.app import create_app
+
+    state, actions, bus = build(args.lab)
+    if not bus.connected:
+        print(f"qkdtwin dashboard: the broker of lab {state.lab} does not answer yet; "
+              "retrying in the background", file=sys.stderr)
+    app = create_app(state, actions, bus)
+    try:
+        server = Server(app, args.host, args.port)
+    except OSError as exc:
+        bus.stop()
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") \
+            from None
+    server.start()
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    print(f"dashboard of lab {state.lab}: http://{shown}:{server.port}/  (Ctrl-C to stop)",
+          flush=True)
+    try:
+        server.thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        bus.stop()
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("dashboard", help="live web dashboard of a deployed lab")
+    p.add_argument("lab", metavar="LAB", help="deployed lab (name or labs/<lab>.clab.yml)")
+    p.add_argument("--port", type=int, default=8050, help="HTTP port (default 8050)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.set_defaults(func=cmd_dashboard)

@@ -1,0 +1,221 @@
+"""The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright with
+executable_path; never a browser download).
+
+1. Synthetic: a real Mosquitto on loopback; the test publishes the star6 topology, module
+   and KM telemetry and a session's events as the elements would, and answers the page's
+   Eve button like the control plane does (alarm, then re-route). Runs anywhere.
+2. Deployed: a copy of labs/star6 (`dash6`, mgmt 172.31.237.0/24) deployed with
+   `qkdtwin deploy`; an application pair sae-4/sae-5 gets keys (path km4-km5), the test
+   clicks "Eve on" for km4-km5 in the page and waits for the alarm and the new path through
+   km0. Takes the screenshot docs/img/dashboard.png. Needs root and the KM, QKD module and
+   control-plane roles.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qkdtwin.bus import BrokerConfig, Bus
+from qkdtwin.dashboard.app import create_app
+from qkdtwin.dashboard.cli import Server, connect_state
+from qkdtwin.dashboard.state import LiveState
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path("/usr/bin/chromium").exists(),
+                       reason="needs Debian's chromium (apt-get install chromium)"),
+    pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    profile = tempfile.mkdtemp(prefix="qkdtwin-chromium-")
+    with sync_api.sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            profile, executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1500, "height": 900})
+        try:
+            yield ctx.new_page()
+        finally:
+            ctx.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def star6_static() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from qkdtwin.runtime.inventory import build_inventory
+    from qkdtwin.topology import load_lab
+
+    inv = build_inventory(load_lab(ROOT / "labs" / "star6.clab.yml"), "netns")
+    v = inv["all"]["vars"]
+    return v["qkdtwin_nodes"], v["qkdtwin_qkd_links"]
+
+
+class ControlPlaneAnswer:
+    """Actions of the synthetic test: Eve on a link -> the module's telemetry shows it, the
+    monitoring element raises the alarm and admission re-routes (what the real elements do)."""
+
+    def __init__(self, bus: Bus, sid: str) -> None:
+        self.bus = bus
+        self.sid = sid
+        self.calls: list[tuple[str, float]] = []
+
+    def eve(self, link: str, fraction: float) -> dict[str, Any]:
+        self.calls.append((link, fraction))
+        a, b = link.split("-")
+        self.bus.publish(f"qkd/v1/telemetry/{a}/{link}", {
+            "type": "telemetry", "source": "qkd", "node": a, "link": link, "qber": 0.16,
+            "skr_bps": 0.0, "stored_bits": 4096, "eve_fraction": fraction, "status": "up"})
+        self.bus.publish(f"qkd/v1/alarm/{link}", {"type": "alarm", "link": link,
+                                                  "kind": "qber_high", "qber": 0.16,
+                                                  "threshold": 0.11})
+        self.bus.event("session_rerouted", self.sid, link=link, alarm="qber_high",
+                       old_path=["km4", "km5"], path=["km4", "km0", "km5"],
+                       links=["km0-km4", "km0-km5"])
+        return {"link": link, "eve_fraction": fraction}
+
+    def set_link(self, link: str, up: bool) -> dict[str, Any]:
+        return {"link": link, "state": "up" if up else "down"}
+
+
+def test_dashboard_synthetic_feed(page, broker, test_ca, tmp_path):
+    nodes, links = star6_static()
+    state = LiveState("star6", nodes, links)
+    host = test_ca.issue("host", ou="operator")
+    dash_bus = connect_state(state, BrokerConfig("127.0.0.1", broker.port, test_ca.ca,
+                                                 host.cert, host.key))
+    el = test_ca.issue("admission")
+    pub = Bus(BrokerConfig("127.0.0.1", broker.port, test_ca.ca, el.cert, el.key),
+              "admission").start()
+    sid = "5e55b0a1-0000-4000-8000-000000000001"
+    actions = ControlPlaneAnswer(pub, sid)
+    server = Server(create_app(state, actions, dash_bus), "127.0.0.1", 0).start()
+    try:
+        assert dash_bus.wait_connected(5) and pub.wait_connected(5)
+        time.sleep(0.3)
+        for lk in links:
+            pub.publish(f"qkd/v1/telemetry/{lk['a']}/{lk['id']}", {
+                "type": "telemetry", "source": "qkd", "node": lk["a"], "link": lk["id"],
+                "qber": 0.031, "skr_bps": 5200.0, "stored_bits": 81920, "eve_fraction": 0.0,
+                "status": "up"})
+            pub.publish(f"qkd/v1/telemetry/{lk['b']}/{lk['id']}", {
+                "type": "telemetry", "source": "km", "node": lk["b"], "link": lk["id"],
+                "pool_bits": 65536, "sessions": 0})
+        pub.event("config_request_received", sid, km="km4", sae_id="sae-4",
+                  peer_sae_id="sae-5", api="014")
+        pub.event("session_accepted", sid, km="km4", user="iot", api="014")
+        pub.event("path_assigned", sid, path=["km4", "km5"], links=["km4-km5"])
+        pub.event("session_active", sid, path=["km4", "km5"], timeout_s=60)
+
+        page.goto(f"http://127.0.0.1:{server.port}/")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        # the topology: six KMs and six QKD links drawn by cytoscape, all up
+        page.wait_for_function("document.querySelectorAll('#links tbody tr').length == 6")
+        drawn = page.evaluate("[cy_nodes(), cy_edges()]".replace(
+            "cy_nodes()", "document.querySelector('#graph canvas') !== null").replace(
+            "cy_edges()", "document.querySelectorAll('#links tbody tr .st-up').length"))
+        assert drawn == [True, 6]
+        page.wait_for_selector(f"#sessions tr[data-session='{sid}'] td.path:text('km4-km5')")
+
+        # Eve on km4-km5 through the page: the alarm shows and the path changes
+        page.click("#links tr[data-link='km4-km5'] button[data-action='eve-on']")
+        page.wait_for_selector("#links tr[data-link='km4-km5'] .st-alarm", timeout=10000)
+        page.wait_for_selector(
+            f"#sessions tr[data-session='{sid}'] td.path:text('km4-km0-km5')", timeout=10000)
+        page.wait_for_selector("#events li[data-kind='alarm_qber_high']", timeout=10000)
+        page.wait_for_selector("#events li[data-kind='operator_eve']", timeout=10000)
+        assert actions.calls == [("km4-km5", 0.5)]
+        page.click(f"#sessions tr[data-session='{sid}']")  # highlight the path
+        time.sleep(1.2)
+        page.screenshot(path=str(tmp_path / "dashboard-synthetic.png"))
+        if os.environ.get("QKDTWIN_KEEP_SCREENSHOT"):
+            shutil.copy(tmp_path / "dashboard-synthetic.png", os.environ["QKDTWIN_KEEP_SCREENSHOT"])
+        assert (tmp_path / "dashboard-synthetic.png").stat().st_size > 20_000
+    finally:
+        server.stop()
+        dash_bus.stop()
+        pub.stop()
+
+
+# --- on a deployed lab ----------------------------------------------------------------------
+
+def _lab_roles_ready() -> str | None:
+    site = (ROOT / "playbooks" / "site.yml").read_text()
+    missing = [r for r in ("key_manager", "qkd_module", "admission_control", "monitoring")
+               if f"role: {r}" not in site]
+    return f"site.yml does not deploy {', '.join(missing)} yet" if missing else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+@pytest.mark.skipif(_lab_roles_ready() is not None, reason=str(_lab_roles_ready()))
+def test_dashboard_on_deployed_star6(page, tmp_path):
+    from qkdtwin.dashboard.cli import build
+    from qkdtwin.deploy import deploy
+    from qkdtwin.runtime import netns
+    from qkdtwin.sae.client import SaeClient
+    from qkdtwin.sae.lab import DeployedLab
+    from qkdtwin.topology import load_lab
+    from tests.infra.conftest import copy_lab
+
+    lab = load_lab(copy_lab(ROOT / "labs" / "star6.clab.yml", tmp_path, "dash6", 237))
+    netns.down(lab, log=lambda _: None)  # leftovers of an interrupted run
+    lines: list[str] = []
+    try:
+        result = deploy(lab.path, log=lines.append)
+        assert result.ok, "\n".join(lines[-40:])
+        dl = DeployedLab.load(lab.path)
+        cert, key = dl.sae_identity("sae-4")
+        master = SaeClient(dl.km_url("km4"), cert, key, dl.ca, timeout=60)
+        cert5, key5 = dl.sae_identity("sae-5")
+        slave = SaeClient(dl.km_url("km5"), cert5, key5, dl.ca, timeout=60)
+        # the first key may wait for the QKD links to produce: retry for up to 3 minutes
+        deadline = time.time() + 180
+        while True:
+            r = master.enc_keys("sae-5", number=1, size=256)
+            if r.ok or time.time() > deadline:
+                break
+            time.sleep(2)
+        assert r.ok, r.body
+        got = slave.dec_keys("sae-4", [r.keys()[0]["key_ID"]])
+        assert got.ok and got.keys() == r.keys()
+
+        state, actions, bus = build(str(lab.path))
+        from qkdtwin.dashboard.app import create_app
+        server = Server(create_app(state, actions, bus), "127.0.0.1", 0).start()
+        try:
+            page.goto(f"http://127.0.0.1:{server.port}/")
+            page.wait_for_selector("body[data-ready='1']", timeout=15000)
+            page.wait_for_function("document.querySelectorAll('#links tbody tr').length == 6")
+            page.wait_for_selector("#links tr[data-link='km4-km5'] .st-up", timeout=60000)
+            row = "#sessions tr td.path:text('km4-km5')"
+            page.wait_for_selector(row, timeout=30000)
+            page.click("#links tr[data-link='km4-km5'] button[data-action='eve-on']")
+            page.wait_for_selector("#links tr[data-link='km4-km5'] .st-alarm", timeout=60000)
+            page.wait_for_selector("#sessions tr td.path:text('km4-km0-km5')", timeout=60000)
+            # keys keep flowing on the new path
+            r2 = master.enc_keys("sae-5", number=1, size=256)
+            assert r2.ok, r2.body
+            assert slave.dec_keys("sae-4", [r2.keys()[0]["key_ID"]]).keys() == r2.keys()
+            page.click("#sessions tr:has(td.path:text('km4-km0-km5'))")
+            time.sleep(1.5)
+            (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ROOT / "docs" / "img" / "dashboard.png"))
+        finally:
+            server.stop()
+            bus.stop()
+    finally:
+        netns.down(lab, log=lambda _: None)

@@ -1,0 +1,148 @@
+"""The dashboard's live state and JSON API, fed with messages shaped as the elements publish
+them (docs/architecture.md); the browser test is tests/integration/test_dashboard.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from qkdtwin.dashboard.actions import interface_command
+from qkdtwin.dashboard.app import create_app
+from qkdtwin.dashboard.state import LiveState
+from qkdtwin.errors import UserError
+
+pytestmark = pytest.mark.unit
+
+NODES = {"km0": {"mgmt_ipv4": "10.0.0.1", "roles": ["km"]},
+         "km1": {"mgmt_ipv4": "10.0.0.2", "roles": ["km"]},
+         "km2": {"mgmt_ipv4": "10.0.0.3", "roles": ["km"]},
+         "ctl": {"mgmt_ipv4": "10.0.0.9", "roles": ["admission", "access"]}}
+LINKS = [{"id": "km0-km1", "a": "km0", "b": "km1", "a_interface": "eth1", "b_interface": "eth1"},
+         {"id": "km1-km2", "a": "km1", "b": "km2", "a_interface": "eth2", "b_interface": "eth1"},
+         {"id": "km0-km2", "a": "km0", "b": "km2", "a_interface": "eth2", "b_interface": "eth2"}]
+
+
+def ev(element, kind, sid=None, ts=1.0, **f):
+    body = {"type": "event", "ts": ts, "element": element, "kind": kind, **f}
+    if sid:
+        body["session_id"] = sid
+    return f"qkd/v1/events/{element}", body
+
+
+class Actions:
+    def __init__(self):
+        self.calls = []
+
+    def eve(self, link, fraction):
+        self.calls.append(("eve", link, fraction))
+        return {"eve_fraction": fraction}
+
+    def set_link(self, link, up):
+        if link == "km1-km2":
+            raise UserError("ip netns exec ... failed: Cannot find device")
+        self.calls.append(("link", link, up))
+        return {"link": link, "state": "up" if up else "down"}
+
+
+def test_link_states_from_telemetry_alarms_and_topology():
+    s = LiveState("t", NODES, LINKS)
+    assert {lk["state"] for lk in s.snapshot()["links"]} == {"unknown"}
+    s.feed("qkd/v1/telemetry/km0/km0-km1", {"type": "telemetry", "source": "qkd", "node": "km0",
+                                             "link": "km0-km1", "qber": 0.03, "skr_bps": 900.0,
+                                             "stored_bits": 4096, "status": "up"})
+    s.feed("qkd/v1/telemetry/km1/km0-km1", {"type": "telemetry", "source": "qkd", "node": "km1",
+                                             "link": "km0-km1", "qber": 0.5, "status": "up"})
+    s.feed("qkd/v1/telemetry/km1/km0-km1", {"type": "telemetry", "source": "km", "node": "km1",
+                                             "link": "km0-km1", "pool_bits": 2048})
+    s.feed("qkd/v1/telemetry/km1/km1-km2", {"type": "telemetry", "source": "qkd", "node": "km1",
+                                             "link": "km1-km2", "status": "connecting"})
+    s.feed("qkd/v1/alarm/km0-km2", {"type": "alarm", "link": "km0-km2", "kind": "link_down"})
+    links = {lk["id"]: lk for lk in s.snapshot()["links"]}
+    assert links["km0-km1"]["state"] == "up"
+    assert links["km0-km1"]["qber"] == 0.03  # the a end's figures win
+    assert links["km0-km1"]["pool_bits"] == {"km1": 2048}
+    assert links["km1-km2"]["state"] == "connecting"
+    assert links["km0-km2"]["state"] == "down"
+    s.feed("qkd/v1/alarm/km0-km2", {"type": "alarm", "link": "km0-km2", "kind": "clear"})
+    s.feed("qkd/v1/topology", {"type": "topology", "nodes": [{"id": "km0", "status": "up"}],
+                               "links": [{"id": "km0-km2", "status": "down"}]})
+    links = {lk["id"]: lk for lk in s.snapshot()["links"]}
+    assert links["km0-km2"]["state"] == "down" and links["km0-km2"]["alarm"] is None
+    s.feed("qkd/v1/alarm/km0-km1", {"type": "alarm", "link": "km0-km1", "kind": "qber_high"})
+    assert {lk["id"]: lk["state"] for lk in s.snapshot()["links"]}["km0-km1"] == "alarm"
+    # messages about unknown links or junk do not break anything
+    s.feed("qkd/v1/telemetry/x/zz", {"link": "zz"})
+    s.feed("qkd/v1/alarm/zz", {"kind": "qber_high"})
+    s.feed("qkd/v1/topology", {"nodes": "bad", "links": [1, 2]})
+
+
+def test_sessions_from_admission_events_and_from_km_hops():
+    s = LiveState("t", NODES, LINKS)
+    s.feed(*ev("admission", "config_request_received", "s1", km="km0", sae_id="a",
+               peer_sae_id="b", api="004"))
+    s.feed(*ev("admission", "session_accepted", "s1", user="u", api="004"))
+    s.feed(*ev("admission", "path_assigned", "s1", path=["km0", "km1", "km2"],
+               links=["km0-km1", "km1-km2"]))
+    s.feed(*ev("km0", "keys_delivered", "s1", number=3, sae_id="a"))
+    s.feed(*ev("km2", "keys_delivered", "s1", number=3, sae_id="b", side="slave"))
+    s.feed(*ev("admission", "session_rerouted", "s1", old_path=["km0", "km1", "km2"],
+               path=["km0", "km2"], links=["km0-km2"], link="km1-km2"))
+    # a KM-only session (no admission events): the path from the KMs' next hops
+    s.feed(*ev("km1", "session_configured", "s2", role="destination", prev_hop="km0",
+               next_hop=None))
+    s.feed(*ev("km0", "session_configured", "s2", role="source", prev_hop=None,
+               next_hop="km1"))
+    ss = {x["id"]: x for x in s.snapshot(now=2.0)["sessions"]}
+    assert ss["s1"]["saes"] == ["a", "b"] and ss["s1"]["user"] == "u"
+    assert ss["s1"]["path"] == ["km0", "km2"] and ss["s1"]["old_path"] == ["km0", "km1", "km2"]
+    assert ss["s1"]["reroutes"] == 1 and ss["s1"]["keys"] == 3 and ss["s1"]["state"] == "active"
+    assert ss["s2"]["path"] == ["km0", "km1"]
+    s.feed(*ev("admission", "session_terminated", "s1", ts=3.0, reason="closed"))
+    ss = {x["id"]: x for x in s.snapshot(now=4.0)["sessions"]}
+    assert ss["s1"]["state"] == "terminated" and ss["s1"]["reason"] == "closed"
+    assert "s1" not in {x["id"] for x in s.snapshot(now=3.0 + 61)["sessions"]}  # aged out
+    # an event of an unknown session that is not a start does not create one
+    s.feed(*ev("km0", "relay_ack", "zz"))
+    assert "zz" not in {x["id"] for x in s.snapshot(now=4.0)["sessions"]}
+
+
+def test_api_state_events_and_controls():
+    s = LiveState("t", NODES, LINKS)
+    acts = Actions()
+    c = create_app(s, acts).test_client()
+    for i in range(5):
+        s.feed(*ev("km0", "relay_send", "s", ts=float(i), to_km="km1"))
+    r = c.get("/api/state").get_json()
+    assert r["lab"] == "t" and r["controls"] is True and len(r["links"]) == 3
+    e = c.get("/api/events?after=3").get_json()
+    assert [x["seq"] for x in e["events"]] == [4, 5] and e["events"][0]["category"] == "relay"
+    assert c.get("/api/events?after=x").status_code == 400
+    assert "cytoscape.min.js" in c.get("/").get_data(as_text=True)
+    assert c.get("/static/cytoscape.min.js").status_code == 200
+
+    assert c.post("/api/links/km0-km1/eve", json={"fraction": 0.25}).get_json()["ok"]
+    assert acts.calls[-1] == ("eve", "km0-km1", 0.25)
+    for bad in ({"fraction": 2}, {"fraction": "x"}, {"fraction": True}, {}, None):
+        r = c.post("/api/links/km0-km1/eve", json=bad)
+        assert r.status_code == 400 and "fraction" in r.get_json()["error"]
+    assert c.post("/api/links/nope/eve", json={"fraction": 0.1}).status_code == 404
+    assert c.post("/api/links/km0-km1/cut").status_code == 200
+    assert {lk["id"]: lk["state"] for lk in c.get("/api/state").get_json()["links"]}[
+        "km0-km1"] == "cut"
+    assert c.post("/api/links/km0-km1/restore").status_code == 200
+    r = c.post("/api/links/km1-km2/cut")
+    assert r.status_code == 502 and "Cannot find device" in r.get_json()["error"]
+    kinds = [x["kind"] for x in c.get("/api/events?after=5").get_json()["events"]]
+    assert kinds == ["operator_eve", "operator_link_cut", "operator_link_restore",
+                     "operator_link_cut_failed"]
+    assert c.get("/api/nothing").status_code == 404
+
+    off = create_app(s, None).test_client()
+    assert off.get("/api/state").get_json()["controls"] is False
+    assert off.post("/api/links/km0-km1/cut").status_code == 503
+
+
+def test_interface_commands_per_runtime():
+    assert interface_command("netns", "clab-x-km0", "eth1", False) == [
+        "ip", "netns", "exec", "clab-x-km0", "ip", "link", "set", "dev", "eth1", "down"]
+    assert interface_command("clab", "clab-x-km0", "eth1", True)[:3] == [
+        "docker", "exec", "clab-x-km0"]
