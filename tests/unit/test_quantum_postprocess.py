@@ -35,7 +35,8 @@ def test_cascade_corrects_all_errors_efficiently(q):
 def test_cascade_plan_roundtrip_and_bad_input():
     plan = CascadePlan.for_qber(10_000, 3, 0.02, 9)
     assert CascadePlan.from_dict(plan.to_dict()) == plan
-    assert plan.block_sizes[0] == 32 and len(plan.block_sizes) == 16
+    assert plan.block_sizes[:2] == (32, 256) and len(plan.block_sizes) == 12
+    assert len(CascadePlan.for_qber(10_000, 1, 0.05, 1).block_sizes) == 16
     with pytest.raises(ValueError):
         CascadePlan.for_qber(10_000, 1, 0.02, 1, variant="nope")
 

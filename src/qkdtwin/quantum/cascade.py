@@ -43,15 +43,15 @@ class CascadePlan:
 
     @classmethod
     def for_qber(cls, n: int, frames: int, qber: float, seed: int, *,
-                 variant: str = "option7", passes: int = 16,
+                 variant: str = "option7", passes: int | None = None,
                  alpha1: float = 0.7, alpha2: float = 4.0) -> CascadePlan:
         """Block sizes for an estimated QBER.
 
         `option7` (after Martinez-Mateo et al. 2015; the name is cascade-python's): power-of-two
-        blocks so every binary search is balanced, k1 = 2^round(log2(0.7/Q)), k2 =
-        2^round(log2(4/Q)) (2.8/Q below 1.5 %), then n/2; 16 passes (the constants were tuned
-        on this implementation for f and FER at n = 10^4). `original` (Brassard-Salvail):
-        k1 = ceil(0.73/Q), doubling, 4 passes.
+        blocks so every binary search is balanced, k1 = 2^round(log2(0.7/Q)),
+        k2 = 2^round(log2(4/Q)) (2.8/Q below 1.5 % for n < 50000), then n/2; 12 passes below
+        3 % QBER, 16 above (constants tuned on this implementation for f and FER at n = 10^4).
+        `original` (Brassard-Salvail): k1 = ceil(0.73/Q), doubling, 4 passes.
         """
         if n < 2:
             raise ValueError(f"frame length {n} too short for Cascade")
@@ -62,8 +62,11 @@ class CascadePlan:
             sizes = [min(k << i, cap) for i in range(4)]
         elif variant == "option7":
             k1 = 1 << max(1, round(math.log2(alpha1 / q)))
-            # at low QBER the power-of-two rounding of 4/Q overshoots (512 at 1 %): use 2.8/Q
-            a2 = alpha2 if q >= 0.015 else alpha2 * 0.7
+            # at low QBER and short frames the power-of-two rounding of 4/Q overshoots (512 at
+            # 1 %): use 2.8/Q; fewer final passes at low QBER, where each one costs more of f
+            a2 = alpha2 if q >= 0.015 or n >= 50_000 else alpha2 * 0.7
+            if passes is None:
+                passes = 12 if q < 0.03 else 16
             k2 = 1 << max(1, round(math.log2(a2 / q)))
             sizes = [min(k1, cap), min(k2, cap)] + [cap] * max(0, passes - 2)
         else:
