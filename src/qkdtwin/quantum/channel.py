@@ -221,9 +221,10 @@ class AliceSource:
             wrong = attacked & (eb != basis)
             state_basis[attacked] = eb[attacked]
             state_value[wrong] = ev[wrong]
-        multi = u < 0  # placeholder of the right shape
         if self._multi.max() > 0.0:
             multi = rng.random(k) < self._multi[cls]
+        else:
+            multi = np.zeros(k, bool)
         # class counts of all pulses sent, and of the silent ones (pool for late draws)
         silent = rng.multinomial(n_pulses - k, self._cls_given_silent)
         events = np.bincount(cls, minlength=N_CLASSES)

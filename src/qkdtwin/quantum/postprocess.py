@@ -115,13 +115,13 @@ def _split_sifted(params: LinkParams, cls: np.ndarray, seed: int) -> tuple[np.nd
     return disclosed, sig[~pick]
 
 
-def _counts(cls: np.ndarray, det_cls: np.ndarray, sifted_cls: np.ndarray,
-            disc_cls: np.ndarray, disc_err: np.ndarray) -> tuple[list, list, list, list]:
+def _counts(det_cls: np.ndarray, sifted_cls: np.ndarray, disc_cls: np.ndarray,
+            disc_err: np.ndarray) -> tuple[list, list, list, list]:
+    """Detections, sifted, disclosed and erroneous disclosed bits per intensity class."""
     det = np.bincount(det_cls, minlength=3)[:3].tolist()
     sif = np.bincount(sifted_cls, minlength=3)[:3].tolist()
     dis = np.bincount(disc_cls, minlength=3)[:3].tolist()
     err = np.bincount(disc_cls, weights=disc_err, minlength=3)[:3].astype(int).tolist()
-    del cls
     return det, sif, dis, err
 
 
@@ -168,7 +168,7 @@ class AlicePostProcessor:
         bob_bits = np.unpackbits(np.asarray(msg["bits"], np.uint8), count=len(disclosed))
         mine = self._bits[disclosed]
         err = (mine != bob_bits).astype(np.int64)
-        det, sif, dis, errs = _counts(self._cls, self._det_cls, self._cls,
+        det, sif, dis, errs = _counts(self._det_cls, self._cls,
                                       self._cls[disclosed], err)
         self._est = estimate(self.params, self._sent, det, sif, dis, errs)
         self._key_bits = self._bits[keep]
@@ -244,7 +244,7 @@ class BobPostProcessor:
                          "bits": np.packbits(bits[disclosed])})
         alice_bits = np.unpackbits(np.asarray(rep["bits"], np.uint8), count=len(disclosed))
         err = (alice_bits != bits[disclosed]).astype(np.int64)
-        det, sif, dis, errs = _counts(cls, det_cls, cls, cls[disclosed], err)
+        det, sif, dis, errs = _counts(det_cls, cls, cls[disclosed], err)
         est = estimate(self.params, sent, det, sif, dis, errs)
         if est.aborted:
             return PartyResult(None, est, sif[0], reason=est.reason)
