@@ -70,12 +70,15 @@ def test_higher_priority_served_first_when_key_is_scarce(lab):
     for t in threads + high:
         t.join(60)
     order = [t for t in done if not t.startswith("warm")]
+    first_high = order.index("high")
     last_high = max(i for i, t in enumerate(order) if t == "high")
-    lows_between = order[:last_high].count("low") - lows_before
+    # once high-priority jobs wait for key, low ones get none until they are all served
+    # (one low job may already have been running)
+    lows_between = order[first_high:last_high].count("low")
     lows_after = order[last_high:].count("low")
     print(f"completion order: {order} (low done before high arrived: {lows_before})")
     assert lows_after >= 2, f"key was not scarce, test proves nothing: {order}"
-    assert lows_between <= 2, order
+    assert lows_between <= 1, order
 
 
 def test_forwarding_update_reroutes_a_live_session(lab):

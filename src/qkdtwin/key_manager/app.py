@@ -20,6 +20,7 @@ from qkdtwin.key_manager import identity
 from qkdtwin.key_manager.manager import KeyManager, KmError
 
 log = logging.getLogger("qkdtwin.key_manager.http")
+KMAPI_MAX_BODY = 16 << 20
 
 
 class BadInput(Exception):
@@ -81,6 +82,8 @@ def create_app(km: KeyManager) -> Flask:
     def _who() -> None:
         g.t0 = time.perf_counter()
         g.identity = identity.from_environ(request.environ)
+        if request.path.startswith("/kmapi/"):  # peer KMs send batches of keys
+            request.max_content_length = KMAPI_MAX_BODY
 
     @app.after_request
     def _count(resp: Response) -> Response:

@@ -20,6 +20,7 @@ from qkdtwin.key_manager.keystore import KeyStore
 from qkdtwin.key_manager.peers import HttpClient, PeerError
 
 log = logging.getLogger("qkdtwin.key_manager.linkpool")
+SYNC_BATCH = 256  # key IDs per announcement to the peer KM (and per dec_keys call)
 
 
 class LinkPool:
@@ -37,6 +38,7 @@ class LinkPool:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rx_lock = threading.Lock()
+        self._want = pc.batch
 
     @property
     def link(self) -> str:
@@ -69,7 +71,7 @@ class LinkPool:
                 self._resend_pending()
                 total = self.store.link_key_count(self.link)
                 if total < self.pc.low_keys and total < self.pc.max_keys:
-                    n = min(self.pc.batch, self.pc.max_keys - total)
+                    n = min(self._want, self.pc.max_keys - total)
                     got = self._pull(n)
                     self.status = "up"
                     backoff = self.pc.poll_s
@@ -91,9 +93,13 @@ class LinkPool:
             data = self.modules.post(url, {"number": n, "size": self.pc.link_key_size},
                                      timeout=10)
         except PeerError as exc:
-            if exc.status == 503:  # module has not enough key yet: normal, wait
+            if exc.status == 503:
+                # the module has not that much key yet (a real module answers all or nothing):
+                # ask for less next time, down to one key
+                self._want = max(1, n // 2)
                 return 0
             raise
+        self._want = self.pc.batch
         keys = _parse_keys(data)
         entries = [(k, self.node if i % 2 == 0 else self.lc.peer, v)
                    for i, (k, v) in enumerate(keys)]
@@ -107,6 +113,10 @@ class LinkPool:
             self._sync(pending)
 
     def _sync(self, entries: list[tuple[str, str]]) -> None:
+        for i in range(0, len(entries), SYNC_BATCH):
+            self._sync_batch(entries[i:i + SYNC_BATCH])
+
+    def _sync_batch(self, entries: list[tuple[str, str]]) -> None:
         ids = [k for k, _ in entries]
         try:
             self.peers.post(f"{self.lc.peer_url}/kmapi/v1/link_keys",

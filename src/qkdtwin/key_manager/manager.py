@@ -40,6 +40,7 @@ from qkdtwin.key_manager.sessions import (
 from qkdtwin.key_manager.token_bucket import TokenBucket
 
 log = logging.getLogger("qkdtwin.key_manager")
+RELAY_BATCH = 512  # end-to-end keys per relay message
 
 
 class KmError(Exception):
@@ -285,6 +286,14 @@ class KeyManager:
             self.sessions.transition(s, TERMINATED, exc.message)
             raise
         s.user = rep.get("user") or ident.o
+        if "priority" not in qos:
+            # no priority asked for: the KM default, within what the user's SLA allows
+            cap = (rep.get("sla") or {}).get("max_priority")
+            prio = self.cfg.default_priority
+            if isinstance(cap, int | float) and not isinstance(cap, bool):
+                prio = max(0, min(prio, int(cap)))
+            qos = {**qos, "priority": prio}
+            s.priority = prio
         self.sessions.transition(s, USER_ACCEPTED)
         try:
             self.control.config_request(s.session_id, s.user or "", ident.cn, peer, api, qos)
@@ -320,8 +329,10 @@ class KeyManager:
 
         s, created = self.sessions.get_or_create(sid, factory)
         if created:
-            qos = {"key_chunk_size": self.cfg.key_size // 8, "priority": pr,
-                   "timeout": int(self.cfg.control_timeout_s * 1000)}
+            qos: dict[str, Any] = {"key_chunk_size": self.cfg.key_size // 8,
+                                   "timeout": int(self.cfg.control_timeout_s * 1000)}
+            if priority is not None:
+                qos["priority"] = priority
             self._establish(s, ident, slave, "014", qos, self.cfg.control_timeout_s)
         else:
             self._wait_live(s, self.cfg.control_timeout_s)
@@ -661,6 +672,12 @@ class KeyManager:
         threading.Thread(target=clear, daemon=True).start()
 
     def _make_keys(self, s: Session, n: int, size: int) -> int:
+        done = 0
+        while done < n:  # bounded messages: at most RELAY_BATCH keys each
+            done += self._make_batch(s, min(RELAY_BATCH, n - done), size)
+        return done
+
+    def _make_batch(self, s: Session, n: int, size: int) -> int:
         if not s.live:
             raise KmError("refused", "session no longer live")
         e = self.forwarding.get(s.session_id)
