@@ -33,7 +33,9 @@ def lab(tmp_path_factory, test_ca):
     ctl = FakeControl(BrokerConfig("127.0.0.1", broker.port, test_ca.ca, ident.cert, ident.key),
                       USERS, LINKS).start()
     cluster = KmCluster(d, test_ca, broker.port, LINKS, rates={"km0-km1": 100.0},
-                        extra={"prefetch_keys": 0, "request_wait_s": 20}).start()
+                        extra={"prefetch_keys": 0, "request_wait_s": 30},
+                        per_km={"km0": {"pool": {"low_keys": 40, "batch": 20,
+                                                  "max_keys": 40}}}).start()
     saes = {s: sae_session(test_ca, s, u["user"]) for s, u in USERS.items()}
     yield {"cluster": cluster, "ctl": ctl, "saes": saes}
     cluster.stop()
@@ -58,27 +60,29 @@ def test_higher_priority_served_first_when_key_is_scarce(lab):
     # open both sessions first (priority is fixed when the session is configured)
     ask("sae-b0", 1, "warm-low")
     ask("sae-a0", 8, "warm-high")
-    threads = [threading.Thread(target=ask, args=("sae-b0", 1, "low")) for _ in range(14)]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)
-    with lock:
-        lows_before = done.count("low")
-    high = [threading.Thread(target=ask, args=("sae-a0", 8, "high")) for _ in range(6)]
-    for t in high:
-        t.start()
-    for t in threads + high:
+    module = lab["cluster"].modules["km0-km1"][0]
+    module.paused = True  # km0 holds at most 40 link keys: enough for two requests
+    try:
+        lows = [threading.Thread(target=ask, args=("sae-b0", 1, "low")) for _ in range(8)]
+        for t in lows:
+            t.start()
+        time.sleep(1.5)
+        highs = [threading.Thread(target=ask, args=("sae-a0", 8, "high")) for _ in range(5)]
+        for t in highs:
+            t.start()
+        time.sleep(1.5)  # every request is now queued at km0, waiting for link key
+        with lock:
+            before = list(done)
+    finally:
+        module.paused = False
+    for t in lows + highs:
         t.join(60)
-    order = [t for t in done if not t.startswith("warm")]
-    first_high = order.index("high")
-    last_high = max(i for i, t in enumerate(order) if t == "high")
-    # once high-priority jobs wait for key, low ones get none until they are all served
-    # (one low job may already have been running)
-    lows_between = order[first_high:last_high].count("low")
-    lows_after = order[last_high:].count("low")
-    print(f"completion order: {order} (low done before high arrived: {lows_before})")
-    assert lows_after >= 2, f"key was not scarce, test proves nothing: {order}"
-    assert lows_between <= 1, order
+    after = done[len(before):]
+    print(f"before key arrived: {before}; after: {after}")
+    assert "high" not in before and len(after) >= 8
+    # a low job may already have been running when key came; then every high one
+    assert after[:6].count("high") == 5 or after[:5] == ["high"] * 5, after
+    assert after[-1] == "low"
 
 
 def test_forwarding_update_reroutes_a_live_session(lab):

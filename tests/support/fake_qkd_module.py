@@ -31,6 +31,7 @@ class FakeQkdModule:
         self._served: set[str] = set()
         self._lock = threading.Lock()
         self.requests = 0
+        self.paused = False  # a test may stop key production (enc_keys answers 503)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -82,6 +83,8 @@ class FakeQkdModule:
         if len(parts) != 5 or parts[:3] != ["api", "v1", "keys"]:
             return 404, {"message": "not found"}
         op = parts[4]
+        if op == "enc_keys" and self.master and self.paused:
+            return 503, {"message": "not enough key in the module (paused)"}
         if op == "enc_keys" and self.master:
             number, size = int(body.get("number", 1)), int(body.get("size", 256))
             with self._lock:

@@ -3,8 +3,9 @@
 The link's ``a`` end is the master of its module: its KM pulls keys with ETSI 014 enc_keys,
 stores them as *pending*, tells the peer KM the key IDs (``POST /kmapi/v1/link_keys``); the
 ``b`` KM fetches exactly those IDs from its own module with dec_keys and stores them; then
-the ``a`` KM marks them available. Each key gets an *owner* (alternating): only the owner
-encrypts with it, the other end decrypts, so the two KMs never pick the same key at once.
+the ``a`` KM marks them available. Each key gets an *owner*: only the owner encrypts with
+it, the other end decrypts, so the two KMs never pick the same key at once. New keys go to
+whichever direction holds fewer, so each direction is refilled as it is used.
 """
 
 from __future__ import annotations
@@ -69,10 +70,13 @@ class LinkPool:
         while not self._stop.is_set():
             try:
                 self._resend_pending()
-                total = self.store.link_key_count(self.link)
-                if total < self.pc.low_keys and total < self.pc.max_keys:
+                own = self.store.link_key_count(self.link, self.node)
+                peer = self.store.link_key_count(self.link, self.lc.peer)
+                total = own + peer
+                half = self.pc.low_keys // 2
+                if (own < half or peer < half) and total < self.pc.max_keys:
                     n = min(self._want, self.pc.max_keys - total)
-                    got = self._pull(n)
+                    got = self._pull(n, own, peer)
                     self.status = "up"
                     backoff = self.pc.poll_s
                     if got:
@@ -87,7 +91,7 @@ class LinkPool:
                 log.exception("link %s pool loop failed", self.link)
                 self._stop.wait(1.0)
 
-    def _pull(self, n: int) -> int:
+    def _pull(self, n: int, own: int = 0, peer: int = 0) -> int:
         url = f"{self.lc.module_url}/api/v1/keys/{self.lc.module_sae_id}/enc_keys"
         try:
             data = self.modules.post(url, {"number": n, "size": self.pc.link_key_size},
@@ -101,7 +105,10 @@ class LinkPool:
             raise
         self._want = self.pc.batch
         keys = _parse_keys(data)
-        entries = [(k, self.node if i % 2 == 0 else self.lc.peer, v)
+        # owners so that both directions end up with the same number of keys: the side that
+        # consumed more gets more (a pool full of the other side's keys would starve it)
+        mine = min(len(keys), max(0, (own + peer + len(keys)) // 2 - own))
+        entries = [(k, self.node if i < mine else self.lc.peer, v)
                    for i, (k, v) in enumerate(keys)]
         self.store.add_link_keys(self.link, entries, state=0)
         self._sync([(k, o) for k, o, _ in entries])
