@@ -3,6 +3,10 @@ docs/architecture.md, SDN registration of a star6-like topology, and waiting hel
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -10,9 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
+import yaml
 
 from qkdtwin import bus
 from qkdtwin.bus import BrokerConfig, Bus
+from tests.support.broker import free_port
 from tests.support.pki import TestCA
 
 SDN_BASE = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
@@ -131,3 +137,79 @@ def telemetry(b: Bus, link: str, qber: float = 0.03, skr: float = 5000.0,
     b.publish(bus.telemetry(node, link), {
         "type": "telemetry", "source": "qkd", "node": node, "link": link, "qber": qber,
         "skr_bps": skr, "stored_bits": 100000, "status": status})
+
+
+ELEMENTS = ("access", "routing", "sdn", "admission", "monitoring")
+
+
+class ControlPlane:
+    """The five elements as real processes (`python -m qkdtwin.control.<element>`)."""
+
+    __test__ = False
+
+    def __init__(self, broker, ca: TestCA, tmp_path, users: list[dict[str, Any]],
+                 overrides: dict[str, dict[str, Any]] | None = None) -> None:
+        self.dir = tmp_path
+        self.ca = ca
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.ports = {e: free_port() for e in ELEMENTS}
+        sdn = ca.issue("sdn")
+        self.sdn_url = f"https://127.0.0.1:{self.ports['sdn']}"
+        self.configs = {}
+        for e in ELEMENTS:
+            cfg = {"element": e, "broker": broker_cfg(broker, ca, e),
+                   "data_dir": str(tmp_path / e), "log_level": "info",
+                   "health": {"host": "127.0.0.1", "port": self.ports[e]}}
+            self.configs[e] = cfg
+        self.configs["access"]["users"] = users
+        self.configs["sdn"].update({"listen": {"host": "127.0.0.1", "port": self.ports["sdn"]},
+                                    "tls": {"ca": ca.ca, "cert": sdn.cert, "key": sdn.key}})
+        self.configs["admission"].update({"peer_wait_s": 3, "inactivity_timeout_s": 30,
+                                          "confirm_timeout_s": 3, "sdn": {"url": self.sdn_url}})
+        self.configs["monitoring"].update({"interval_s": 0.5, "stale_s": 5,
+                                           "links": {"km4-km5": {"intrinsic_qber": 0.033}}})
+        for e, extra in (overrides or {}).items():
+            self.configs[e].update(extra)
+        for e in ELEMENTS:
+            self.start(e)
+        for e in ELEMENTS:
+            wait_for(lambda e=e: self.healthy(e), timeout=20)
+
+    def start(self, e: str) -> None:
+        path = self.dir / f"{e}.yml"
+        path.write_text(yaml.safe_dump(self.configs[e]))
+        log = open(self.dir / f"{e}.log", "ab")
+        self.procs[e] = subprocess.Popen(
+            [sys.executable, "-m", f"qkdtwin.control.{e}", "--config", str(path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
+
+    def healthy(self, e: str) -> bool:
+        assert self.procs[e].poll() is None, (self.dir / f"{e}.log").read_text()[-2000:]
+        try:
+            if e == "sdn":
+                host = self.ca.issue("host", ou="operator")
+                r = requests.get(f"{self.sdn_url}/healthz", cert=(host.cert, host.key),
+                                 verify=self.ca.ca, timeout=2)
+            else:
+                r = requests.get(f"http://127.0.0.1:{self.ports[e]}/healthz", timeout=2)
+            return r.status_code == 200 and r.json()["ok"]
+        except requests.RequestException:
+            return False
+
+    def health(self, e: str) -> dict:
+        return requests.get(f"http://127.0.0.1:{self.ports[e]}/healthz", timeout=2).json()
+
+    def kill(self, e: str, sig: int = signal.SIGTERM) -> None:
+        p = self.procs[e]
+        p.send_signal(sig)
+        p.wait(10)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()

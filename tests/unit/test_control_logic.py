@@ -173,6 +173,9 @@ def test_monitoring_classification():
     assert m.classify("a-b", st, 111)[0] == "link_down"  # stale
     st.qber, st.status = 0.03, "down"
     assert m.classify("a-b", st, 101)[0] == "link_down"
+    st.status = "connecting"  # the module lost its peer after having been up
+    st.ever_up = True
+    assert m.classify("a-b", st, 101) == ("link_down", "module status connecting")
     st.status, st.skr, st.zero_since = "up", 0, 100
     assert m.classify("a-b", st, 105)[0] == "clear"
     st.last_seen = 111

@@ -14,8 +14,8 @@ fresh config, KMs that leave it ``session_delete`` with reason ``rerouted``. A s
 no other path is ended (``link_down``/``qber_high``) or kept (``qber_suspicious``).
 
 Sessions live in memory and in SQLite (``<data_dir>/admission.db``), so a restart of the
-element or of the broker loses none. Config keys: ``peer_wait_s`` (60, used when the QoS has
-no ``timeout``), ``inactivity_timeout_s`` (120), ``confirm_timeout_s`` (10),
+element or of the broker loses none. Config keys: ``peer_wait_s`` (60), ``inactivity_timeout_s``
+(120), ``confirm_timeout_s`` (10),
 ``request_timeout_s`` (5), ``sdn`` {url, ca, cert, key} (VIRT links; default certs from
 ``broker``), ``db``.
 """
@@ -233,7 +233,9 @@ class AdmissionControl(Element):
     def _new_session(self, p: dict[str, Any], api: str, qos: dict[str, Any]) -> None:
         sid, km = p["session_id"], p["km"]
         now = time.time()
-        wait = float(qos.get("timeout") or 0) / 1000.0 or self.peer_wait_s
+        # Not the QoS timeout: in ETSI 004 that bounds how long OPEN_CONNECT blocks, after
+        # which the application holds a status-1 session that its peer may still join.
+        wait = self.peer_wait_s
         s = {"session_id": sid, "state": "accepted", "api": api, "user": p["user"],
              "qos": qos, "created": now, "deadline": now + wait,
              "source": {"km": km, "sae_id": p["sae_id"]}, "destination": None,

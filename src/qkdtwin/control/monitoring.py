@@ -7,7 +7,8 @@ the retained ``qkd/v1/topology`` (which PHYS links and KM nodes exist).
 Per link, every ``interval_s`` (and on each module sample, for QBER) the element decides:
 
 * ``link_down``  — a link that has reported before is silent for ``stale_s``, its module
-  reports a status other than ``up``/``running``/``ok``, or its key rate fell to 0 after
+  reports status ``down``/``error``/``failed``/``stopped`` (or anything but ``up``, e.g.
+  ``connecting``, after having been ``up``), or its key rate fell to 0 after
   having been positive and stayed 0 for ``stale_s``. A link never heard from raises nothing
   (modules need a while for their first block; that is not an outage).
 * ``qber_high``  — QBER >= ``qber_threshold`` (0.11: above it BB84 distils no secret key).
@@ -42,7 +43,7 @@ from qkdtwin.bus import Message
 from qkdtwin.control.common import Element
 from qkdtwin.service import run_service
 
-OK_STATUS = ("up", "running", "ok", None)
+DOWN_STATUS = ("down", "error", "failed", "stopped")
 SEVERITY = {"clear": 0, "qber_suspicious": 1, "qber_high": 2, "link_down": 3}
 
 
@@ -54,6 +55,7 @@ class LinkState:
         self.stored: float | None = None
         self.status: str | None = None
         self.ever_positive = False
+        self.ever_up = False
         self.zero_since: float | None = None
         self.pool: dict[str, float] = {}
         self.sessions: int | None = None
@@ -160,6 +162,7 @@ class Monitoring(Element):
             if isinstance(p.get("stored_bits"), int | float):
                 st.stored = float(p["stored_bits"])
             st.status = p.get("status") if isinstance(p.get("status"), str) else None
+            st.ever_up = st.ever_up or st.status == "up"
         # QBER alarms right away: every second of delay is key from a tapped link
         self.evaluate(link, now, immediate=True)
 
@@ -169,7 +172,7 @@ class Monitoring(Element):
         """(alarm kind or 'clear', why)."""
         if st.last_seen is not None and now - st.last_seen > self.stale_s:
             return "link_down", f"no telemetry for {now - st.last_seen:.0f} s"
-        if st.status not in OK_STATUS:
+        if st.status in DOWN_STATUS or (st.ever_up and st.status not in ("up", None)):
             return "link_down", f"module status {st.status}"
         if st.ever_positive and st.zero_since and now - st.zero_since > self.stale_s:
             return "link_down", f"secret key rate 0 for {now - st.zero_since:.0f} s"
