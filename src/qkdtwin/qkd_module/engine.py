@@ -84,6 +84,9 @@ class Engine:
         self.eve_fraction = cfg.params.eve_fraction
         self.status = "connecting"
         self.sessions = 0
+        self.last_ok_block = -1     # highest block id that gave key
+        self.current_block = -1     # block being emitted (Alice) or measured (Bob)
+        self.eve_since_block = -1   # block during which Eve's fraction last changed
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -99,6 +102,8 @@ class Engine:
         outcome = _outcome(res)
         qber = res.estimate.qber if res.estimate is not None else None
         secret = len(key_bytes(res)) * 8
+        if outcome == "ok":
+            self.last_ok_block = max(self.last_ok_block, block)
         self.stats.block(secret, int(res.sifted_signal), qber, outcome)
         was_ok = self.stats.last_ok
         self.stats.last_ok = outcome == "ok"
@@ -130,7 +135,9 @@ class Alice(Engine):
         if src is not None:
             src.set_eve_fraction(fraction)
         if old != fraction:
-            self.event("qkd_eve_changed", eve_fraction=fraction, previous=old)
+            self.eve_since_block = self.current_block
+            self.event("qkd_eve_changed", eve_fraction=fraction, previous=old,
+                       block=self.current_block)
             log.info("eavesdropper fraction %s -> %s", old, fraction,
                      extra={"link": self.cfg.link})
 
@@ -218,6 +225,7 @@ class Alice(Engine):
         slot, block = 0, 0
         t0 = time.monotonic()
         while not self.stop_event.is_set() and not ep.closed.is_set():
+            self.current_block = first + block
             end = (block + 1) * n_block
             n = min(frame_pulses, end - slot)
             frame = src.emit(n)
@@ -485,7 +493,11 @@ class Bob(Engine):
                 if msg.get("type") != "frame":
                     raise FrameError(f"unexpected {msg.get('type')!r} on the quantum channel")
                 frame = unpack_channel(msg)
-                self.eve_fraction = float(msg.get("eve", 0.0))
+                self.current_block = s.first_block + block
+                eve = float(msg.get("eve", 0.0))
+                if eve != self.eve_fraction:
+                    self.eve_since_block = self.current_block
+                self.eve_fraction = eve
                 end = (block + 1) * n_block
                 if frame.offset + frame.n_pulses > end:
                     raise FrameError("channel frame crosses a block boundary")

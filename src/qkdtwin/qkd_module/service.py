@@ -58,7 +58,12 @@ class QkdModule:
         t = self.telemetry()
         return {"ok": True, "service": "qkd_module", **{k: t[k] for k in (
             "node", "link", "side", "status", "qber", "skr_bps", "realtime_factor",
-            "stored_bits", "eve_fraction", "blocks_ok", "blocks_aborted")}}
+            "stored_bits", "eve_fraction", "blocks_ok", "blocks_aborted", "blocks_failed",
+            "secret_bits_total", "block_pulses", "time_scale")},
+                "sessions": self.engine.sessions, "pulses_total": self.stats.pulses_total,
+                "current_block": self.engine.current_block,
+                "last_ok_block": self.engine.last_ok_block,
+                "eve_since_block": self.engine.eve_since_block}
 
     def _on_eve(self, topic: str, payload: dict[str, Any], msg: Any) -> None:
         f = payload.get("fraction")

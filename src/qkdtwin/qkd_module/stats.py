@@ -29,6 +29,7 @@ class LinkStats:
         self.blocks_aborted = 0
         self.blocks_failed = 0
         self.secret_bits_total = 0
+        self.pulses_total = 0   # pulses emitted (Alice) or measured (Bob) since start
         self.last_qber: float | None = None
         self.last_block = ""
         self.last_ok = True
@@ -64,6 +65,7 @@ class LinkStats:
     def pulses(self, n: int) -> None:
         now = time.monotonic()
         with self._lock:
+            self.pulses_total += n
             self._slot_total += n
             self._slots.append((now, self._slot_total))
             while self._slots and now - self._slots[0][0] > self.window:
