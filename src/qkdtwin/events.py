@@ -34,6 +34,7 @@ CATEGORIES: dict[str, tuple[str, str, str]] = {
     "relay": ("relay hop", "#1f77b4", ">"),
     "response": ("response (keys delivered)", "#b00000", "P"),
     "alarm": ("alarm / re-route", "#ff7f0e", "X"),
+    "operator": ("operator action", "#6d4c41", "v"),
     "end": ("session end", "#7f7f7f", "|"),
     "error": ("refusal / error", "#000000", "x"),
     "other": ("other", "#bcbd22", "."),
@@ -159,6 +160,8 @@ def categorize(ev: Event) -> str:
             return "qkd_key"
         if "eve" in kind or "abort" in kind or "qber" in kind:
             return "alarm"
+    if kind.startswith("operator_"):
+        return "operator"  # dashboard / scenario actions: Eve on, link cut...
     if "relay" in kind:
         return "relay"
     if "alarm" in kind or "reroute" in kind:

@@ -219,3 +219,22 @@ def test_dashboard_on_deployed_star6(page, tmp_path):
             bus.stop()
     finally:
         netns.down(lab, log=lambda _: None)
+
+
+def test_timeline_html_runs_in_chromium(page, tmp_path):
+    """The timeline page draws every recorded marker, offline, and its filters work."""
+    from qkdtwin.events import build_timeline, load_events
+    from qkdtwin.timeline import render_html
+
+    tl = build_timeline(load_events(ROOT / "tests" / "data" / "events" / "line3-paper.jsonl"))
+    html = render_html(tl, tmp_path / "timeline.html", "line3")
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(html.as_uri())
+    page.wait_for_selector("svg circle")
+    assert page.locator("svg circle").count() == len(tl.markers)
+    assert page.locator("#sessions tbody tr").count() == len(tl.sessions)
+    page.click("#legend .chip[data-cat='relay']")  # hide the relay markers
+    relays = sum(1 for m in tl.markers if m.category == "relay")
+    assert page.locator("svg circle").count() == len(tl.markers) - relays
+    assert errors == []

@@ -6,7 +6,7 @@
                    cut: "#000000", unknown: "#aaaaaa" };
   const CAT = { request: "#d62728", auth: "#9467bd", config: "#2ca02c", qkd_key: "#e6b800",
                 relay: "#1f77b4", response: "#b00000", alarm: "#ff7f0e", end: "#7f7f7f",
-                error: "#000", other: "#bcbd22" };
+                error: "#000", operator: "#6d4c41", other: "#bcbd22" };
   let cy = null, lastSeq = 0, selected = null, state = null, busy = false;
   const $ = (s) => document.querySelector(s);
 
