@@ -194,9 +194,12 @@ class SaeClient:
         deadline = time.monotonic() + timeout
         while True:
             r = self.get_key(key_stream_id, index)
-            if r.status not in (2, 3, 9) or time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if r.status not in (2, 3, 9) or left <= 0:
                 return r
-            time.sleep(interval)
+            wait = r.body.get("retry_after_s") if r.status == 9 else None
+            pause = float(wait) if isinstance(wait, int | float) and wait > 0 else interval
+            time.sleep(min(pause, left))
 
 
 def _short(exc: BaseException) -> str:
