@@ -146,3 +146,29 @@ def test_interface_commands_per_runtime():
         "ip", "netns", "exec", "clab-x-km0", "ip", "link", "set", "dev", "eth1", "down"]
     assert interface_command("clab", "clab-x-km0", "eth1", True)[:3] == [
         "docker", "exec", "clab-x-km0"]
+
+
+def test_replay_of_a_recording_restores_sessions_and_events(tmp_path):
+    import time
+
+    from qkdtwin.dashboard.cli import replay_recording
+    from qkdtwin.events import record_line
+
+    now = time.time()
+    d = tmp_path / "events"
+    d.mkdir()
+    lines = [record_line(*ev("admission", "config_request_received", "s9", ts=now - 5,
+                             sae_id="a", peer_sae_id="b", api="014"), now - 5),
+             record_line(*ev("admission", "path_assigned", "s9", ts=now - 4,
+                             path=["km0", "km1"], links=["km0-km1"]), now - 4),
+             record_line(*ev("admission", "path_assigned", "old", ts=now - 7200,
+                             path=["km0", "km2"]), now - 7200)]
+    (d / "20200101T000000.jsonl").write_text("\n".join(lines) + "\n")
+    s = LiveState("t", NODES, LINKS)
+    assert replay_recording(s, d) == 2  # older than an hour: left out
+    snap = s.snapshot()
+    assert [x["id"] for x in snap["sessions"]] == ["s9"]
+    assert snap["sessions"][0]["path"] == ["km0", "km1"] and snap["messages"] == 0
+    assert [e["kind"] for e in s.events_after(0)] == ["config_request_received",
+                                                      "path_assigned"]
+    assert replay_recording(s, tmp_path / "none") == 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from qkdtwin.bus import PREFIX, BrokerConfig, Bus
@@ -58,6 +60,19 @@ class Server:
         self.server.stop()
 
 
+def replay_recording(state: LiveState, events_dir: Path, last_s: float = 3600.0) -> int:
+    """Replay the last hour of the lab's newest recording file into ``state``."""
+    from qkdtwin.events import load_events
+
+    files = sorted(events_dir.glob("*.jsonl"), key=lambda p: p.stat().st_mtime) \
+        if events_dir.is_dir() else []
+    if not files:
+        return 0
+    events = load_events(files[-1])
+    cut = time.time() - last_s
+    return state.replay([e for e in events if e.ts >= cut])
+
+
 def build(lab_ref: str) -> tuple[LiveState, Any, Any]:
     """State, actions and bus of a deployed lab."""
     from qkdtwin.dashboard.actions import LabActions
@@ -65,6 +80,7 @@ def build(lab_ref: str) -> tuple[LiveState, Any, Any]:
 
     lab = DeployedLab.load(lab_ref)
     state = LiveState(lab.name, lab.nodes, lab.qkd_links)
+    replay_recording(state, lab.lab_dir / "events")
     actions = LabActions(lab_ref, lab.name, lab.runtime, {lk["id"]: lk for lk in lab.qkd_links})
     bus = connect_state(state, lab.broker_config())
     return state, actions, bus

@@ -62,6 +62,16 @@ class LiveState:
                 self._session_event(payload)
                 self._event(topic, payload)
 
+    def replay(self, events: list[Event]) -> int:
+        """Feed recorded events (oldest first), e.g. the lab's current recording, so that a
+        dashboard opened late still knows the live sessions and the recent events."""
+        for ev in events:
+            if ev.channel in ("events", "alarm"):
+                self.feed(ev.topic, ev.payload)
+        with self._lock:
+            self.messages = 0
+        return len(events)
+
     def note(self, kind: str, **fields: Any) -> None:
         """An operator action of the dashboard itself, into the event stream."""
         with self._lock:
