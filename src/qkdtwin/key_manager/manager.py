@@ -96,6 +96,8 @@ class KeyManager:
         self._stop = threading.Event()
         self._demanded: dict[str, int] = {}
         self._demand_lock = threading.Lock()
+        self._ready: dict[str, int] = {}
+        self._ready_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -257,6 +259,8 @@ class KeyManager:
             self.store.drop_session_keys(s.session_id)
         else:
             self.store.drop_session_keys(s.session_id, "src")
+        with self._ready_lock:
+            self._ready.pop(s.session_id, None)
         with self._arrivals:
             self._arrivals.notify_all()
 
@@ -404,8 +408,31 @@ class KeyManager:
         self._maybe_prefetch(s)
         return keys
 
-    def _take_src(self, s: Session, number: int, size: int, sae: str) -> list[E2EKey]:
+    # ready (prefetched) ETSI 014 keys of a session's default size, counted in memory so that
+    # the hot path does not count rows; loaded from the store on first use
+    def _ready_014(self, s: Session) -> int:
+        with self._ready_lock:
+            n = self._ready.get(s.session_id)
+        if n is None:
+            n = self.store.ready_count(s.session_id, "src", s.key_size)
+            with self._ready_lock:
+                self._ready.setdefault(s.session_id, n)
+        return n
+
+    def _ready_add(self, s: Session, size: int, n: int) -> None:
+        if s.api == "014" and size == s.key_size:
+            with self._ready_lock:
+                if s.session_id in self._ready:
+                    self._ready[s.session_id] += n
+
+    def _take_ready(self, s: Session, size: int, number: int, sae: str) -> list[E2EKey]:
         keys = self.store.take_ready(s.session_id, size, number, sae)
+        if keys:
+            self._ready_add(s, size, -len(keys))
+        return keys
+
+    def _take_src(self, s: Session, number: int, size: int, sae: str) -> list[E2EKey]:
+        keys = self._take_ready(s, size, number, sae)
         deadline = time.monotonic() + self.cfg.request_wait_s
         while not keys:
             left = deadline - time.monotonic()
@@ -422,7 +449,7 @@ class KeyManager:
                 if isinstance(job.error, KmError) and job.error.kind != "insufficient":
                     raise job.error
                 time.sleep(0.05)
-            keys = self.store.take_ready(s.session_id, size, number, sae)
+            keys = self._take_ready(s, size, number, sae)
         return keys
 
     def dec_keys(self, ident: Identity, master: str, key_ids: list[str]) -> list[E2EKey]:
@@ -659,7 +686,7 @@ class KeyManager:
             size = s.key_size
         else:
             target = self.cfg.prefetch_keys
-            ahead = self.store.ready_count(s.session_id, "src", s.key_size)
+            ahead = self._ready_014(s)
             size = s.key_size
         if target <= 0 or ahead >= (target + 1) // 2 or s.prefetching:
             return
@@ -695,6 +722,7 @@ class KeyManager:
             with self.store.tx() as db:
                 self.store.put_e2e(db, "dst", keys)
                 self.store.put_e2e(db, "src", keys)
+            self._ready_add(s, size, n)
             s.peer_km = self.node
         else:
             t0 = time.monotonic()
@@ -703,6 +731,7 @@ class KeyManager:
                       "target_sae_ids": [s.peer_sae_id or ""]}
             ack = self._send_hop(header, e.next_hop, keys)
             self.store.put_e2e_keys("src", keys)
+            self._ready_add(s, size, n)
             if ack.get("destination_km"):
                 with s.cond:
                     s.peer_km = ack["destination_km"]

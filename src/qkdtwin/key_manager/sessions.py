@@ -7,6 +7,7 @@ application (transit KMs, the ETSI 014 slave's KM) start in OPERATIVE.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -33,6 +34,7 @@ TRANSITIONS = {
 _NS = uuid.UUID("6f1c3a52-8d0e-4b7e-9a51-2c4d5e6f7a8b")
 
 
+@functools.lru_cache(maxsize=4096)
 def session_id_014(master: str, slave: str) -> str:
     """The session id a KM derives for an ETSI 014 (master, slave) pair."""
     return str(uuid.uuid5(_NS, f"014|{master}|{slave}"))
