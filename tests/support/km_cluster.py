@@ -18,7 +18,7 @@ import requests
 import yaml
 
 from tests.support.broker import free_port
-from tests.support.fake_qkd_module import FakeQkdModule, module_pair
+from tests.support.fake_qkd_module import FakeQkdModule, module_pair  # noqa: F401
 from tests.support.pki import TestCA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +30,7 @@ class KmCluster:
     def __init__(self, directory: Path, ca: TestCA, broker_port: int | None,
                  links: list[tuple[str, str]], rate_keys_per_s: float | None = None,
                  rates: dict[str, float] | None = None,
+                 module_urls: dict[str, tuple[str, str]] | None = None,
                  extra: dict[str, Any] | None = None,
                  per_km: dict[str, dict[str, Any]] | None = None) -> None:
         self.dir = Path(directory)
@@ -41,19 +42,23 @@ class KmCluster:
         self.modules: dict[str, tuple[FakeQkdModule, FakeQkdModule]] = {}
         self.configs: dict[str, Path] = {}
         self.ids = {n: ca.issue(n, ou="node") for n in self.nodes}
+        urls: dict[str, tuple[str, str]] = dict(module_urls or {})
         for a, b in links:
+            if f"{a}-{b}" in urls:  # real modules, run by the caller
+                continue
             self.modules[f"{a}-{b}"] = module_pair(
                 f"{a}-{b}", (rates or {}).get(f"{a}-{b}", rate_keys_per_s))
+            urls[f"{a}-{b}"] = (self.modules[f"{a}-{b}"][0].url, self.modules[f"{a}-{b}"][1].url)
         for n in self.nodes:
             mods = []
             for a, b in links:
                 if n not in (a, b):
                     continue
                 peer = b if n == a else a
-                ma, mb = self.modules[f"{a}-{b}"]
+                ua, ub = urls[f"{a}-{b}"]
                 mods.append({"link": f"{a}-{b}", "peer": peer,
                              "peer_url": f"https://127.0.0.1:{self.ports[peer]}",
-                             "module_url": (ma if n == a else mb).url})
+                             "module_url": ua if n == a else ub})
             cfg: dict[str, Any] = {
                 "node": n, "listen": {"host": "127.0.0.1", "port": self.ports[n]},
                 "tls": {"ca": ca.ca, "cert": self.ids[n].cert, "key": self.ids[n].key},
