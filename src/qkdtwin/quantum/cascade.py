@@ -50,7 +50,7 @@ class CascadePlan:
         `option7` (after Martinez-Mateo et al. 2015; the name is cascade-python's): power-of-two
         blocks so every binary search is balanced, k1 = 2^round(log2(0.7/Q)),
         k2 = 2^round(log2(4/Q)) (2.8/Q below 1.5 % for n < 50000), then n/2; 12 passes below
-        3 % QBER, 16 above (constants tuned on this implementation for f and FER at n = 10^4).
+        3 % QBER at n < 50000, else 16 (constants tuned on this implementation for f and FER).
         `original` (Brassard-Salvail): k1 = ceil(0.73/Q), doubling, 4 passes.
         """
         if n < 2:
@@ -66,7 +66,7 @@ class CascadePlan:
             # 1 %): use 2.8/Q; fewer final passes at low QBER, where each one costs more of f
             a2 = alpha2 if q >= 0.015 or n >= 50_000 else alpha2 * 0.7
             if passes is None:
-                passes = 12 if q < 0.03 else 16
+                passes = 12 if q < 0.03 and n < 50_000 else 16
             k2 = 1 << max(1, round(math.log2(a2 / q)))
             sizes = [min(k1, cap), min(k2, cap)] + [cap] * max(0, passes - 2)
         else:
