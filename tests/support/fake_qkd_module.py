@@ -57,6 +57,7 @@ class FakeQkdModule:
             def log_message(self, *a: Any) -> None:
                 pass
 
+        ThreadingHTTPServer.request_queue_size = 128  # many KM threads may connect at once
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.url = f"http://{host}:{self._server.server_address[1]}"

@@ -86,3 +86,44 @@ def test_refusals_are_json(client):
     assert h["db"] is True and h["broker"] is False
     assert b"qkdtwin_km_requests_total" in c.get("/metrics").data
     assert json.loads(c.get("/kmapi/versions").data)["versions"]
+
+
+def test_sdn_agent_registers_node_and_links(tmp_path, test_ca):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from qkdtwin.key_manager.sdn_agent import SdnAgent
+    got = []
+
+    class H(BaseHTTPRequestHandler):
+        def do_PUT(self):  # noqa: N802
+            n = int(self.headers["Content-Length"])
+            got.append((self.path, json.loads(self.rfile.read(n))))
+            self.send_response(200 if len(got) > 1 else 503)  # first attempt fails
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    node = test_ca.issue("km9", ou="node")
+    cfg = parse_config({"node": "km9", "tls": {"ca": test_ca.ca, "cert": node.cert,
+                                              "key": node.key},
+                        "data_dir": str(tmp_path), "sdn": {"url": f"http://127.0.0.1:"
+                                                                  f"{srv.server_address[1]}"},
+                        "modules": [{"link": "km9-km8", "peer": "km8", "peer_url": "https://x",
+                                     "module_url": "http://y", "interface": "eth3"}]})
+    agent = SdnAgent(cfg).start()
+    try:
+        assert agent.registered.wait(10)
+    finally:
+        agent.stop()
+        srv.shutdown()
+    path, body = got[-1]
+    assert path == "/restconf/data/etsi-qkd-sdn-node:qkd_node/km9"
+    link = body["qkd_node"]["qkd_links"]["qkd_link"][0]
+    assert body["qkd_node"]["qkdn_id"] == "km9" and link["qkdl_id"] == "km9-km8"
+    assert link["qkdl_type"] == "PHYS" and link["qkdl_remote"] == {"qkdn_id": "km8"}
+    assert link["qkdl_local"] == {"qkdn_id": "km9", "qkdi_id": "eth3"}

@@ -68,5 +68,6 @@ def test_role_renders_config_and_program(tmp_path):
     assert (a.link, a.side, a.peer_url, a.module_url) == (
         "km0-km1", "a", f"https://10.10.1.2:{port}", "http://127.0.0.1:8700")
     assert (b.link, b.side, b.module_url) == ("km2-km0", "b", "http://127.0.0.1:8701")
+    assert (a.interface, b.interface) == ("eth1", "eth2")
     prog = (tmp_path / "etc/supervisord.d/key_manager.conf").read_text()
     assert "[program:key_manager]" in prog and "-m qkdtwin.key_manager --config" in prog

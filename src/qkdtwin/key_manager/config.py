@@ -20,6 +20,7 @@ class LinkConfig:
     peer_url: str
     module_url: str
     module_sae_id: str     # the SAE ID this KM names towards its module (the peer KM's)
+    interface: str | None = None   # the node's interface on the link (SDN registration)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def parse_config(raw: dict[str, Any]) -> KmConfig:
         links.append(LinkConfig(link=link, peer=peer, side=side,
                                 peer_url=str(_req(m, "peer_url", w)).rstrip("/"),
                                 module_url=str(_req(m, "module_url", w)).rstrip("/"),
-                                module_sae_id=str(sae)))
+                                module_sae_id=str(sae), interface=m.get("interface")))
     lim = raw.get("limits") or {}
     limits = Limits(**{k: _int(lim, k, getattr(Limits, k), "limits.") for k in
                        Limits.__dataclass_fields__})

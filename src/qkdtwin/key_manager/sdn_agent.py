@@ -19,7 +19,7 @@ def node_document(cfg: KmConfig, status: str = "up") -> dict[str, Any]:
         "qkdn_id": cfg.node, "qkdn_status": status,
         "qkd_links": {"qkd_link": [
             {"qkdl_id": lc.link, "qkdl_type": "PHYS", "qkdl_status": "up",
-             "qkdl_local": {"qkdn_id": cfg.node, "qkdi_id": lc.link},
+             "qkdl_local": {"qkdn_id": cfg.node, "qkdi_id": lc.interface or lc.link},
              "qkdl_remote": {"qkdn_id": lc.peer}} for lc in cfg.links]}}}
 
 
