@@ -7,6 +7,7 @@ refusal is a :class:`KmError` that they turn into the right ETSI answer.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import math
 import os
@@ -554,9 +555,10 @@ class KeyManager:
             raise KmError("conflict", f"key at index {idx} was already delivered",
                           status004=10)
         meta = {"index": idx, "size_bits": s.key_size, "session_id": sid}
-        if meta_size is not None and meta_size < len(str(meta)):
+        meta_len = len(json.dumps(meta))
+        if meta_size is not None and meta_size < meta_len:
             return {"status": 8, "message": "metadata buffer too small",
-                    "metadata": {"size": len(str(meta))}}
+                    "metadata": {"size": meta_len}}
         bits = s.key_size
         if s.bucket is not None and not s.bucket.take(bits):
             self.metrics.refused.labels(reason="token_bucket").inc()
@@ -794,6 +796,9 @@ class KeyManager:
         if s is not None:
             s.touch()
         if e.role == "destination":
+            if s is not None and s.local_sae_id and msg["target_sae_ids"][0] != s.local_sae_id:
+                raise rl.RelayError(403, f"session {sid} ends at {s.local_sae_id}, not at"
+                                    f" {msg['target_sae_ids'][0]}")
             keys = [E2EKey(k["key_ID"], sid, k["index"], k["size"], msg["initiator_sae_id"],
                            msg["target_sae_ids"][0], v) for k, v in zip(msg["keys"], values,
                                                                          strict=True)]
