@@ -139,6 +139,10 @@ class _Condenser:
                 self.log(line)
             return
         self.in_error = False
+        # Nodes named like their role (broker, sdn...) are also groups of that name by the
+        # inventory's design; Ansible's warning about it is noise here (-v shows it).
+        if "Found both group and host with same name" in line:
+            return
         if line.startswith(("[WARNING]", "[ERROR]", "ERROR!", "[DEPRECATION")):
             self.log(line)
 
