@@ -217,6 +217,8 @@ def test_eve_raises_the_qber_and_stops_key(link):
     # blocks emitted before the switch may still finish with key; none after it
     eve_block = a.health()["eve_since_block"]
     wait_for(lambda: b.health()["current_block"] > eve_block + 12, 90, "blocks with Eve")
+    wait_for(lambda: (lambda h: h["oldest_open_block"] > eve_block + 1
+                      and h["pending_blocks"] == 0)(a.health()), 90, "older blocks done")
     ok_b = b.health()["blocks_ok"]
     stored = a.health()["stored_bits"]
     wait_for(lambda: b.health()["blocks_aborted"] >= aborted0 + 9, 90, "more aborted blocks")

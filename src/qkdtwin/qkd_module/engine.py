@@ -255,6 +255,12 @@ class Alice(Engine):
         if ep.closed.is_set():
             raise PeerGone(ep.error)
 
+    def oldest_open_block(self) -> int:
+        """Lowest block id emitted but not yet post-processed (else the current block)."""
+        with self._lock:
+            open_ = set(self._records) | set(self._pp)
+        return min(open_) if open_ else self.current_block
+
     def _backlog(self) -> int:
         with self._lock:
             return len(self._records) + len(self._pp)

@@ -63,7 +63,10 @@ class QkdModule:
                 "sessions": self.engine.sessions, "pulses_total": self.stats.pulses_total,
                 "current_block": self.engine.current_block,
                 "last_ok_block": self.engine.last_ok_block,
-                "eve_since_block": self.engine.eve_since_block}
+                "eve_since_block": self.engine.eve_since_block,
+                "pending_blocks": len(self.store.pending_blocks()),
+                "oldest_open_block": (self.engine.oldest_open_block()
+                                      if isinstance(self.engine, Alice) else None)}
 
     def _on_eve(self, topic: str, payload: dict[str, Any], msg: Any) -> None:
         f = payload.get("fraction")
