@@ -176,3 +176,32 @@ def test_config_defaults_and_block_size():
 def test_bad_config_is_one_clear_error(change, message):
     with pytest.raises(UserError, match=message):
         parse_config({**BASE, **change})
+
+
+def test_prediction_is_for_the_modules_block_and_zero_with_eve():
+    from qkdtwin.qkd_module.predict import block_prediction
+
+    p = LinkParams.from_vars({"length_km": 25})
+    pred = block_prediction(p)
+    assert pred["block_pulses"] == block_pulses(p)
+    assert pred["skr_bps"] == pytest.approx(pred["secret_bits"] / pred["block_link_s"])
+    # finite-size and real Cascade cost key against the asymptotic model, never add any
+    assert 0 < pred["skr_bps"] < pred["asymptotic_skr_bps"]
+    assert block_prediction(p.replace(eve_fraction=0.5))["secret_bits"] == 0
+
+
+def test_eve_command_names_links_and_refuses_bad_input(capsys):
+    from qkdtwin.cli import main
+    from qkdtwin.qkd_module.cli import find_link
+    from qkdtwin.topology import load_lab
+
+    lab = load_lab("line3")
+    assert find_link(lab, "km1:km0").id == "km0-km1"
+    with pytest.raises(UserError, match=r"no QKD link between km0 and km2 \(QKD links: "
+                                        r"km0:km1, km1:km2\)"):
+        find_link(lab, "km0:km2")
+    with pytest.raises(UserError, match="NODE:NODE"):
+        find_link(lab, "km0")
+    with pytest.raises(SystemExit):
+        main(["eve", "line3", "km0:km1", "--fraction", "1.5"])
+    assert "must be in [0, 1]" in capsys.readouterr().err
