@@ -192,6 +192,10 @@ def test_dashboard_on_deployed_star6(page, tmp_path):
         assert r.ok, r.body
         got = slave.dec_keys("sae-4", [r.keys()[0]["key_ID"]])
         assert got.ok and got.keys() == r.keys()
+        # the CLI against the deployed lab: KM and certificate found from the lab's files
+        from qkdtwin.cli import main
+        assert main(["sae", str(lab.path), "--sae", "sae-4", "--compact", "status",
+                     "--slave", "sae-5"]) == 0
 
         state, actions, bus = build(str(lab.path))  # replays the recording: knows the session
         from qkdtwin.dashboard.app import create_app
