@@ -60,6 +60,10 @@ class E2EKey:
     key: bytes
 
 
+class _NotEnough(Exception):
+    """Inside a transaction: fewer keys than asked for (rolls the transaction back)."""
+
+
 class NotFound(LookupError):
     """One or more keys named by ID are not (or no longer) here."""
 
@@ -197,14 +201,22 @@ class KeyStore:
                                     " AND size=?", (session_id, side, size)).fetchone()[0]
 
     def take_ready(self, session_id: str, size: int, n: int, sae: str) -> list[E2EKey]:
-        """Hand ``n`` source-side keys of ``size`` bits to ``sae``: all or nothing, once."""
-        with self.tx() as db:
-            rows = db.execute("SELECT key_id, idx, master, slave, key FROM e2e_keys WHERE"
-                              " session_id=? AND side='src' AND size=? ORDER BY idx LIMIT ?",
-                              (session_id, size, n)).fetchall()
-            if len(rows) < n:
-                return []
-            self._deliver(db, session_id, 'src', sae, [r[0] for r in rows])
+        """Hand ``n`` source-side keys of ``size`` bits to ``sae``: all or nothing, once.
+
+        One statement on the hot path: the keys are deleted as they are read (the source
+        side keeps no delivery record; the destination side does)."""
+        try:
+            with self.tx() as db:
+                rows = db.execute(
+                    "DELETE FROM e2e_keys WHERE rowid IN (SELECT rowid FROM e2e_keys WHERE"
+                    " session_id=? AND side='src' AND size=? ORDER BY idx LIMIT ?)"
+                    " RETURNING key_id, idx, master, slave, key", (session_id, size, n)
+                ).fetchall()
+                if len(rows) < n:
+                    raise _NotEnough
+        except _NotEnough:
+            return []
+        rows.sort(key=lambda r: r[1])
         return [E2EKey(r[0], session_id, r[1], size, r[2], r[3], r[4]) for r in rows]
 
     @staticmethod
