@@ -170,3 +170,16 @@ def test_users_cli(access, broker, test_ca, tmp_path, monkeypatch, capsys):
     assert any(u["name"] == "carol" for u in yaml.safe_load(capsys.readouterr().out))
     with pytest.raises(SystemExit):
         cli_main(["users", "add", "star6", "dave", "--sae", "nokm"])
+
+
+def test_monitoring_rtt_probe_completes_tls(sdn, test_ca):
+    from qkdtwin.control.monitoring import probe_context, tcp_rtt_ms
+    from tests.support.broker import free_port
+
+    ident = test_ca.issue("monitor")
+    ctx = probe_context(test_ca.ca, ident.cert, ident.key)
+    before = sdn.m_http.labels("GET", "200")._value.get()
+    rtt = tcp_rtt_ms("127.0.0.1", sdn.port, ctx)
+    assert rtt is not None and 0 < rtt < 1000
+    assert sdn.m_http.labels("GET", "200")._value.get() == before + 1  # a real /healthz
+    assert tcp_rtt_ms("127.0.0.1", free_port(), ctx) is None

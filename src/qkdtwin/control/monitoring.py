@@ -22,7 +22,8 @@ Alarms are published retained on ``qkd/v1/alarm/<link>`` (republished after a re
 and as events. Metrics go to the Routing Element as ``link_metrics`` messages on
 ``qkd/v1/routing/in`` every round. Classical RTT: the element runs on its own node and cannot
 reach the p2p links, so it measures the TCP handshake time to each KM's mgmt address
-(``rtt_port``, 8443) as the control-channel RTT (``/metrics``, ``km_unreachable`` events) and
+(``rtt_port``, 8443; then a clean mTLS ``GET /healthz`` with the node certificate unless
+``rtt_tls: false``) as the control-channel RTT (``/metrics``, ``km_unreachable`` events) and
 forwards a link's RTT only when KMs report ``rtt_ms`` in their telemetry.
 """
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import ssl
 import sys
 import threading
 import time
@@ -78,6 +80,9 @@ class Monitoring(Element):
         self.clear_after = int(config.get("clear_after", 2))
         self.rtt_port = int(config.get("rtt_port", 8443))
         self.rtt_interval_s = float(config.get("rtt_interval_s", 10))
+        b = config["broker"]
+        self.probe_tls = probe_context(b.get("ca"), b.get("cert"), b.get("key")) \
+            if config.get("rtt_tls", True) else None
         self.lock = threading.RLock()
         self.links: dict[str, LinkState] = {}
         self.topo_links: set[str] = set()
@@ -240,7 +245,7 @@ class Monitoring(Element):
             with self.lock:
                 targets = {n: a for n, a in self.kms.items() if a}
             for node, addr in targets.items():
-                rtt = tcp_rtt_ms(addr, self.rtt_port)
+                rtt = tcp_rtt_ms(addr, self.rtt_port, self.probe_tls)
                 was = self.km_rtt.get(node, 0.0)
                 self.km_rtt[node] = rtt
                 if rtt is None:
@@ -253,14 +258,33 @@ class Monitoring(Element):
                         self.event("km_reachable", node=node, rtt_ms=round(rtt, 3))
 
 
-def tcp_rtt_ms(host: str, port: int, timeout: float = 1.0) -> float | None:
-    """TCP handshake time in ms, or None when the port does not answer."""
+def tcp_rtt_ms(host: str, port: int, tls: ssl.SSLContext | None = None,
+               timeout: float = 2.0) -> float | None:
+    """TCP handshake time in ms, or None when the port does not answer. With ``tls`` the
+    probe then completes a TLS handshake and a ``GET /healthz`` and closes cleanly, so the
+    KM does not log a dropped handshake for every probe."""
     t0 = time.perf_counter()
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return (time.perf_counter() - t0) * 1000.0
-    except OSError:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            rtt = (time.perf_counter() - t0) * 1000.0
+            if tls is not None:
+                with tls.wrap_socket(raw, server_hostname=host) as s:
+                    s.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n"
+                              "Connection: close\r\n\r\n".encode())
+                    while s.recv(4096):
+                        pass
+            return rtt
+    except (OSError, ssl.SSLError):
         return None
+
+
+def probe_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """Client TLS context of the probe (the element's node identity), if it has one."""
+    if not (ca and cert and key):
+        return None
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 def main(config: dict[str, Any]) -> None:
