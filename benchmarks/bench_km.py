@@ -108,8 +108,8 @@ def main() -> int:
         cl = KmCluster(tmp / "tp", ca, broker.port, links,
                        extra={"prefetch_keys": 2048, "threads": 16,
                               "pool": {"low_keys": 16384, "batch": 2048, "max_keys": 40000}})
-        cl.start()
         try:
+            cl.start()
             master = sae(ca, "sae-km0")
             port = cl.ports["km0"]
             path = "/api/v1/keys/sae-km1/enc_keys?number=1&size=256"
@@ -131,8 +131,8 @@ def main() -> int:
         ctl = FakeControl(BrokerConfig("127.0.0.1", broker.port, ca.ca, ctl_id.cert,
                                        ctl_id.key), users, links).start()
         cl = KmCluster(tmp / "relay", ca, broker.port, links, extra={"prefetch_keys": 0})
-        cl.start()
         try:
+            cl.start()
             master = sae(ca, "sae-km0")
             conn = _conn(cl.ports["km0"], ca.ca, master.cert, master.key)
             relay: dict = {}

@@ -31,15 +31,21 @@ def lab(tmp_path_factory, test_ca):
     from tests.support.broker import TestBroker
     d = tmp_path_factory.mktemp("line3")
     broker = TestBroker(d / "broker", test_ca).start()
-    ident = test_ca.issue("ctl", ou="node")
-    ctl = FakeControl(BrokerConfig("127.0.0.1", broker.port, test_ca.ca, ident.cert, ident.key),
-                      USERS, LINKS).start()
-    cluster = KmCluster(d, test_ca, broker.port, LINKS).start()
-    saes = {s: sae_session(test_ca, s, u["user"]) for s, u in USERS.items()}
-    yield {"cluster": cluster, "ctl": ctl, "saes": saes, "ca": test_ca, "dir": d}
-    cluster.stop()
-    ctl.stop()
-    broker.stop()
+    ctl = cluster = None
+    try:
+        ident = test_ca.issue("ctl", ou="node")
+        ctl = FakeControl(BrokerConfig("127.0.0.1", broker.port, test_ca.ca, ident.cert, ident.key),
+                          USERS, LINKS).start()
+        cluster = KmCluster(d, test_ca, broker.port, LINKS)
+        cluster.start()
+        saes = {s: sae_session(test_ca, s, u["user"]) for s, u in USERS.items()}
+        yield {"cluster": cluster, "ctl": ctl, "saes": saes, "ca": test_ca, "dir": d}
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        if ctl is not None:
+            ctl.stop()
+        broker.stop()
 
 
 def km(lab, n):
@@ -332,6 +338,7 @@ def test_relayed_key_crosses_transit_only_encrypted(lab):
     assert any(k in blobs2 for k in keys)
 
 
+@pytest.mark.slow
 def test_sigkill_loses_and_duplicates_nothing(lab):
     """Kill the source KM, then the destination KM, with SIGKILL during relayed traffic:
     every key the master received is delivered to the slave exactly once, none twice."""

@@ -29,20 +29,27 @@ def lab(tmp_path_factory, test_ca):
     from tests.support.broker import TestBroker
     d = tmp_path_factory.mktemp("triangle")
     broker = TestBroker(d / "broker", test_ca).start()
-    ident = test_ca.issue("ctl", ou="node")
-    ctl = FakeControl(BrokerConfig("127.0.0.1", broker.port, test_ca.ca, ident.cert, ident.key),
-                      USERS, LINKS).start()
-    cluster = KmCluster(d, test_ca, broker.port, LINKS, rates={"km0-km1": 100.0},
-                        extra={"prefetch_keys": 0, "request_wait_s": 30},
-                        per_km={"km0": {"pool": {"low_keys": 40, "batch": 20,
-                                                  "max_keys": 40}}}).start()
-    saes = {s: sae_session(test_ca, s, u["user"]) for s, u in USERS.items()}
-    yield {"cluster": cluster, "ctl": ctl, "saes": saes}
-    cluster.stop()
-    ctl.stop()
-    broker.stop()
+    ctl = cluster = None
+    try:
+        ident = test_ca.issue("ctl", ou="node")
+        ctl = FakeControl(BrokerConfig("127.0.0.1", broker.port, test_ca.ca, ident.cert, ident.key),
+                          USERS, LINKS).start()
+        cluster = KmCluster(d, test_ca, broker.port, LINKS, rates={"km0-km1": 100.0},
+                            extra={"prefetch_keys": 0, "request_wait_s": 30},
+                            per_km={"km0": {"pool": {"low_keys": 40, "batch": 20,
+                                                      "max_keys": 40}}})
+        cluster.start()
+        saes = {s: sae_session(test_ca, s, u["user"]) for s, u in USERS.items()}
+        yield {"cluster": cluster, "ctl": ctl, "saes": saes}
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        if ctl is not None:
+            ctl.stop()
+        broker.stop()
 
 
+@pytest.mark.slow
 def test_higher_priority_served_first_when_key_is_scarce(lab):
     url = lab["cluster"].url("km0") + "/api/v1/keys/sae-a1/enc_keys"
     done: list[str] = []
