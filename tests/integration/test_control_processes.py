@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,9 +21,11 @@ from tests.support.control import (
     wait_for,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
+
 pytestmark = pytest.mark.integration
 
-USERS = yaml.safe_load(open("labs/star6.users.yml"))["users"]
+USERS = yaml.safe_load((ROOT / "labs" / "star6.users.yml").read_text())["users"]
 
 
 @pytest.fixture

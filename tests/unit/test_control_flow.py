@@ -5,6 +5,7 @@ refusals, a peer that never registers, close, timeout, alarm re-routing."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -25,9 +26,11 @@ from tests.support.control import (
     wait_for,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
+
 pytestmark = pytest.mark.unit
 
-USERS = yaml.safe_load(open("labs/star6.users.yml"))["users"]
+USERS = yaml.safe_load((ROOT / "labs" / "star6.users.yml").read_text())["users"]
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ topology DB (weights, capacity, alarms, backup paths), monitoring classification
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -13,9 +15,11 @@ from qkdtwin.control.sla import bucket_for, check_qos
 from qkdtwin.control.topodb import TopologyDB
 from qkdtwin.control.userdb import InvalidRecord, UserDB, validate_user
 
+ROOT = Path(__file__).resolve().parents[2]
+
 pytestmark = pytest.mark.unit
 
-USERS = yaml.safe_load(open("labs/star6.users.yml"))["users"]
+USERS = yaml.safe_load((ROOT / "labs" / "star6.users.yml").read_text())["users"]
 
 
 @pytest.fixture

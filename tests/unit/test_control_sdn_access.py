@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -17,10 +18,12 @@ from qkdtwin.control.sdn import SdnController
 from tests.support.control import broker_cfg, make_bus, register_star6, wait_for
 from tests.support.pki import TestCA
 
+ROOT = Path(__file__).resolve().parents[2]
+
 pytestmark = pytest.mark.unit
 
 BASE = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
-USERS = yaml.safe_load(open("labs/star6.users.yml"))["users"]
+USERS = yaml.safe_load((ROOT / "labs" / "star6.users.yml").read_text())["users"]
 
 
 @pytest.fixture
@@ -146,7 +149,7 @@ def test_users_cli(access, broker, test_ca, tmp_path, monkeypatch, capsys):
     labs = tmp_path / "labs"
     (labs / "clab-star6" / "pki").mkdir(parents=True)
     for f in ("star6.clab.yml", "star6.users.yml"):
-        (labs / f).write_text(open(f"labs/{f}").read())
+        (labs / f).write_text((ROOT / "labs" / f).read_text())
     host = test_ca.issue("host", ou="operator")
     pki = labs / "clab-star6" / "pki"
     (pki / "ca.crt").write_text(open(test_ca.ca).read())
