@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE = "qkdtwin/node:latest"
 BROKER = "qkdtwin/broker:latest"
 PREFIX = "qkdtwin-imgtest-"
-NODE_MAX_MB = 320  # measured 2026-11: node ~265 MB on the local base (see docs/runtimes.md)
+NODE_MAX_MB = 300  # measured: 241 MB on the local base (docs/runtimes.md)
 BROKER_EXTRA_MAX_MB = 15
 
 
