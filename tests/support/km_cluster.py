@@ -37,7 +37,6 @@ class KmCluster:
         self.ca = ca
         self.links = links
         self.nodes = sorted({n for link in links for n in link})
-        self.ports = {n: free_port() for n in self.nodes}
         self.procs: dict[str, subprocess.Popen] = {}
         self.modules: dict[str, tuple[FakeQkdModule, FakeQkdModule]] = {}
         self.configs: dict[str, Path] = {}
@@ -49,6 +48,8 @@ class KmCluster:
             self.modules[f"{a}-{b}"] = module_pair(
                 f"{a}-{b}", (rates or {}).get(f"{a}-{b}", rate_keys_per_s))
             urls[f"{a}-{b}"] = (self.modules[f"{a}-{b}"][0].url, self.modules[f"{a}-{b}"][1].url)
+        # pick the KMs' ports after the modules are listening, so none can collide with them
+        self.ports = {n: free_port() for n in self.nodes}
         for n in self.nodes:
             mods = []
             for a, b in links:
