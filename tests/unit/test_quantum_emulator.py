@@ -84,3 +84,12 @@ def test_dark_counts_dominate_errors_at_long_distance():
     v = cls == 2
     assert abs(v.sum() - rec.sent[2] * p.dark_count_prob) < 5 * math.sqrt(
         rec.sent[2] * p.dark_count_prob) + 3
+
+
+def test_eve_below_the_abort_threshold_still_leaves_no_secret_key():
+    # QBER ~8 % passes the 11 % abort check, but the decoy bound on e1 leaves nothing secret
+    out = run_link_block(LinkParams(length_km=10, eve_fraction=0.2), 30_000_000,
+                         np.random.default_rng(5))
+    assert not out.estimate.aborted and 0.06 < out.estimate.qber < 0.11
+    assert out.estimate.e1_upper > 0.1
+    assert out.alice_key is None and out.bob_key is None
