@@ -406,3 +406,29 @@ def test_sigkill_loses_and_duplicates_nothing(lab):
     r = a0.post(f"{km(lab, 'km0')}/api/v1/keys/sae-a2/enc_keys", json={})
     assert r.status_code == 200, r.text
     print(f"SIGKILL test: {len(got)} keys delivered, refused/failed meanwhile: {errors}")
+
+
+def test_004_pair_on_one_km_and_014_local_pair(lab):
+    """Both applications on km0: no relay, the KM makes the keys itself."""
+    a0, b0 = lab["saes"]["sae-a0"], lab["saes"]["sae-b0"]
+    base = km(lab, "km0")
+    sid = str(uuid.uuid4())
+    body = {"source": "sae-a0", "destination": "sae-b0", "key_stream_id": sid,
+            "qos": {"key_chunk_size": 16, "timeout": 100}}
+    assert a0.post(f"{base}/api/v1/qkd004/open_connect", json=body).json()["status"] == 1
+    r = b0.post(f"{base}/api/v1/qkd004/open_connect",
+                json={**body, "qos": {"key_chunk_size": 16, "timeout": 3000}}).json()
+    assert r["status"] == 0, r
+    ka = [a0.post(f"{base}/api/v1/qkd004/get_key", json={"key_stream_id": sid}).json()
+          for _ in range(2)]
+    kb = [b0.post(f"{base}/api/v1/qkd004/get_key", json={"key_stream_id": sid}).json()
+          for _ in range(2)]
+    assert [k["status"] for k in ka + kb] == [0] * 4, (ka, kb)
+    assert [k["key_buffer"] for k in ka] == [k["key_buffer"] for k in kb]
+    assert ka[0]["key_buffer"] != ka[1]["key_buffer"]
+    r = b0.post(f"{base}/api/v1/keys/sae-a0/enc_keys", json={"number": 2})
+    assert r.status_code == 200, r.text
+    keys = r.json()["keys"]
+    r = a0.post(f"{base}/api/v1/keys/sae-b0/dec_keys",
+                json={"key_IDs": [{"key_ID": k["key_ID"]} for k in keys]})
+    assert r.status_code == 200 and r.json()["keys"] == keys
