@@ -44,6 +44,8 @@ def km_delete(km: str) -> str:
 
 ADMISSION_IN = f"{PREFIX}/admission/in"
 ACCESS_IN = f"{PREFIX}/access/in"
+# Operator requests (user management): only the operator identity `host` may write here.
+ACCESS_ADMIN = f"{PREFIX}/access/admin"
 ROUTING_IN = f"{PREFIX}/routing/in"
 TOPOLOGY = f"{PREFIX}/topology"
 

@@ -34,6 +34,7 @@ class TestBroker:
         (self.dir / "mosquitto.conf").write_text(
             f"per_listener_settings false\n"
             f"user root\n"  # the test dirs are private to root
+            f"set_tcp_nodelay true\n"
 
             f"persistence false\n"
             f"log_dest stdout\n"

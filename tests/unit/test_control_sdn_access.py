@@ -134,7 +134,10 @@ def test_access_requests_and_refusal_events(access, broker, test_ca):
     assert ev[0]["sae_id"] == "sae-2" and "certificate" in ev[0]["reason"]
     assert km.request(bus.ACCESS_IN, {"type": "lookup_sae", "sae_id": "sae-5"})["km"] == "km5"
     assert km.request(bus.ACCESS_IN, {"type": "nonsense"})["reason"].startswith("unknown")
+    # User management is not served on the KMs' topic, only on the operator's.
     r = km.request(bus.ACCESS_IN, {"type": "user_add", "user": {"name": "x", "sla": {}}})
+    assert not r["ok"] and r["reason"].startswith("unknown request type")
+    r = km.request(bus.ACCESS_ADMIN, {"type": "user_add", "user": {"name": "x", "sla": {}}})
     assert not r["ok"] and "sla.max_priority" in r["reason"]
     port = access.health_port
     h = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()

@@ -5,6 +5,10 @@ Requests on ``qkd/v1/access/in`` (MQTT v5 request/reply):
 * ``authenticate`` (from a KM; docs/architecture.md "MQTT messages") → ``auth_result``.
 * ``lookup_sae`` {sae_id} → {ok, sae_id, user, km, status} (admission: where is a peer).
 * ``profile`` {user} → {ok, user, status, sla, applications} (admission: the SLA).
+
+Requests on ``qkd/v1/access/admin``, a topic only the operator identity may write (the
+broker ACL), so a KM cannot manage users:
+
 * ``user_list`` / ``user_add`` {user: record} / ``user_disable`` {name} / ``user_enable``
   {name} (operator, ``qkdtwin users``) → {ok, users | user | reason}.
 
@@ -73,18 +77,27 @@ class AccessControl(Element):
 
     def setup(self) -> None:
         self.bus.subscribe(bus.ACCESS_IN, self.on_request)
+        self.bus.subscribe(bus.ACCESS_ADMIN, self.on_admin_request)
 
     def healthz(self) -> dict[str, Any]:
         return {**super().healthz(), "users": len(self.db.list())}
 
     def on_request(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
+        self._dispatch(payload, msg, {
+            "authenticate": self.authenticate, "lookup_sae": self.lookup_sae,
+            "profile": self.profile,
+        })
+
+    def on_admin_request(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
+        self._dispatch(payload, msg, {
+            "user_list": self.user_list, "user_add": self.user_add,
+            "user_disable": self.user_disable, "user_enable": self.user_enable,
+        })
+
+    def _dispatch(self, payload: dict[str, Any], msg: Message, handlers: dict) -> None:
         kind = payload.get("type")
         self.count(str(kind))
-        handler = {
-            "authenticate": self.authenticate, "lookup_sae": self.lookup_sae,
-            "profile": self.profile, "user_list": self.user_list, "user_add": self.user_add,
-            "user_disable": self.user_disable, "user_enable": self.user_enable,
-        }.get(kind)
+        handler = handlers.get(kind)
         if handler is None:
             self.bus.reply(msg, {"type": "error", "ok": False,
                                  "reason": f"unknown request type {kind!r}"})

@@ -1,5 +1,5 @@
 """`qkdtwin users list|add|disable|enable LAB ...`: manage the user-profile DB of a running
-lab through Access Control (MQTT request/reply on ``qkd/v1/access/in``), as the operator
+lab through Access Control (MQTT request/reply on ``qkd/v1/access/admin``), as the operator
 (``labs/clab-<lab>/pki/host.{crt,key}``)."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def ask_access(broker: BrokerConfig, body: dict[str, Any], timeout: float = 5.0
         if not b.wait_connected(timeout):
             raise UserError(f"broker {broker.host}:{broker.port} not reachable")
         try:
-            answer = b.request(bus.ACCESS_IN, body, timeout=timeout)
+            answer = b.request(bus.ACCESS_ADMIN, body, timeout=timeout)
         except RequestTimeout:
             raise UserError("access control did not answer (is the element running?)") from None
     finally:
