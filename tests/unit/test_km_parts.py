@@ -139,6 +139,9 @@ def test_keystore_link_keys_are_used_once(tmp_path):
         ks.take_peer_link_keys(db, "l", "km1", ["k2"])
     # a used key cannot come back (e.g. a re-sent announcement)
     assert ks.add_link_keys("l", [("k1", "km0", b"a" * 32)], state=1) == 0
+    import time
+    assert ks.prune_records(time.time() - 3600) == 0  # recent records stay
+    assert ks.prune_records(time.time() + 10) == 3    # k1, k2, k3
     ks.close()
 
 

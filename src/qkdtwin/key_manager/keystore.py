@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS link_keys (
   UNIQUE (link, key_id));
 CREATE INDEX IF NOT EXISTS link_keys_use ON link_keys (link, owner, state, seq);
 CREATE TABLE IF NOT EXISTS used_link_keys (
-  link TEXT NOT NULL, key_id TEXT NOT NULL, PRIMARY KEY (link, key_id)) WITHOUT ROWID;
+  link TEXT NOT NULL, key_id TEXT NOT NULL, ts REAL NOT NULL,
+  PRIMARY KEY (link, key_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS e2e_keys (
   key_id TEXT NOT NULL,
   session_id TEXT NOT NULL,
@@ -159,7 +160,9 @@ class KeyStore:
         if len(rows) < n:
             return []
         db.executemany("DELETE FROM link_keys WHERE seq=?", [(r[0],) for r in rows])
-        db.executemany("INSERT INTO used_link_keys VALUES (?,?)", [(link, r[1]) for r in rows])
+        now = time.time()
+        db.executemany("INSERT INTO used_link_keys VALUES (?,?,?)",
+                       [(link, r[1], now) for r in rows])
         return [(r[1], r[2]) for r in rows]
 
     @staticmethod
@@ -173,7 +176,7 @@ class KeyStore:
             if row is None:
                 raise NotFound(f"link key {key_id} of {link} not in the pool")
             db.execute("DELETE FROM link_keys WHERE seq=?", (row[0],))
-            db.execute("INSERT INTO used_link_keys VALUES (?,?)", (link, key_id))
+            db.execute("INSERT INTO used_link_keys VALUES (?,?,?)", (link, key_id, time.time()))
             out.append(row[1])
         return out
 
@@ -289,6 +292,14 @@ class KeyStore:
                                   ).rowcount
             return db.execute("DELETE FROM e2e_keys WHERE session_id=? AND side=?",
                               (session_id, side)).rowcount
+
+    def prune_records(self, older_than: float) -> int:
+        """Forget used link-key IDs and delivery records older than ``older_than`` (epoch s):
+        they only guard against replays of recent announcements and requests."""
+        with self.tx() as db:
+            n = db.execute("DELETE FROM used_link_keys WHERE ts < ?", (older_than,)).rowcount
+            n += db.execute("DELETE FROM delivered WHERE ts < ?", (older_than,)).rowcount
+        return n
 
     def expire_e2e(self, older_than: float) -> int:
         with self.tx() as db:

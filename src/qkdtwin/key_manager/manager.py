@@ -862,6 +862,8 @@ class KeyManager:
                     last_slow = now
                     self.sessions.purge()
                     self.store.expire_e2e(time.time() - self.cfg.undelivered_ttl_s)
+                    # delivery records outlive the keys they guard by a day
+                    self.store.prune_records(time.time() - self.cfg.undelivered_ttl_s - 86400)
                     counts = self.sessions.counts()
                     for state in (OPERATIVE, KEY_EXCHANGING, USER_ACCEPTED, TERMINATED):
                         self.metrics.sessions.labels(state=state).set(counts.get(state, 0))
