@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "qkdtwin.recorder",         # record (the lab's event recorder)
     "qkdtwin.timeline",         # timeline
     "qkdtwin.dashboard.cli",    # dashboard
+    "qkdtwin.scenario.cli",     # scenario (application pairs + faults, key checks)
+    "qkdtwin.demo",             # demo (deploy, paper-fig4, summary, timeline)
 )
 
 

@@ -47,7 +47,7 @@ def run(lab_ref: str, path: str | Path, log: Callable[[str], None] = print) -> S
     sids = [p.session_id for p in result.pairs if p.session_id]
     paths = paths_from_events(lab.lab_dir, sids, since=result.started - 5)
     for p in result.pairs:
-        p.path = paths.get(p.session_id or "")
+        p.paths = paths.get(p.session_id or "", [])
     return result
 
 

@@ -214,7 +214,7 @@ def _parse_pair(i: int, raw: Any, defaults: dict[str, Any]) -> tuple[Pair | None
     qos = dict(vals.pop("qos", {}) or {}) if api == "004" else {}
     vals.pop("qos", None)
     return Pair(name=name, src=src, dst=dst, user=raw.get("user"), after=raw.get("after"),
-                qos=qos, **{k: v for k, v in vals.items() if k in DEFAULT_KEYS}), []
+                qos=qos, **{k: v for k, v in vals.items() if k in (*DEFAULT_KEYS, "at")}), []
 
 
 def _parse_fault(i: int, raw: Any) -> tuple[Fault | None, list[str]]:

@@ -14,7 +14,8 @@ def format_table(result: ScenarioResult) -> str:
             "retries", "result")
     rows = []
     for p in result.pairs:
-        path = "-".join(p.path) if p.path else f"{p.src_km}..{p.dst_km}"
+        path = (" => ".join("-".join(x) for x in p.paths) if p.paths
+                else f"{p.src_km}..{p.dst_km} (path not recorded)")
         keys = f"{p.keys_matched}/{p.keys_wanted}"
         if p.mismatches:
             keys += f" ({p.mismatches} differ)"

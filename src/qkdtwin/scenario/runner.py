@@ -47,7 +47,11 @@ class PairResult:
     end: float | None = None
     first_key_s: float | None = None  # since the pair's start, both applications hold it
     latencies: list[float] = field(default_factory=list)  # per request, first try -> both
-    path: list[str] | None = None
+    paths: list[list[str]] = field(default_factory=list)  # in order; more than one: re-routed
+
+    @property
+    def path(self) -> list[str] | None:
+        return self.paths[-1] if self.paths else None
 
     @property
     def passed(self) -> bool:
@@ -65,7 +69,7 @@ class PairResult:
         r = {k: getattr(self, k) for k in (
             "name", "api", "src", "dst", "src_km", "dst_km", "user", "expect", "session_id",
             "state", "keys_wanted", "keys_matched", "mismatches", "retries", "errors",
-            "path")}
+            "path", "paths")}
         r.update({
             "passed": self.passed,
             "start_s": _round(self.start), "end_s": _round(self.end),
@@ -413,18 +417,38 @@ def _retry_after(r: KmResponse) -> float | None:
 
 
 def paths_from_events(lab_dir: Any, session_ids: list[str], since: float,
-                      wait: float = 1.0) -> dict[str, list[str]]:
-    """The path of each session as the recorder saw it (admission's/KMs' events); sessions
-    not found are left out. ``wait`` lets the recorder write the last events first."""
+                      wait: float = 1.0) -> dict[str, list[list[str]]]:
+    """The paths each session took from ``since`` on, in order, as the recorder saw them
+    (admission's ``path_assigned``/``session_rerouted``, else the KMs' configurations): the
+    path it had at ``since`` (a session opened earlier keeps its path) and every change after.
+    Sessions not found are left out. ``wait`` lets the recorder write the last events."""
     from qkdtwin.events import build_timeline, load_events
 
     events_dir = lab_dir / "events"
     if not events_dir.is_dir() or not session_ids:
         return {}
     time.sleep(wait)
+    wanted = set(session_ids)
     try:
-        events = [e for e in load_events(events_dir) if e.ts >= since]
-        tl = build_timeline(events, sessions=session_ids)
+        events = [e for e in load_events(events_dir) if e.session_id in wanted]
     except UserError:
         return {}
-    return {sid: s["path"] for sid, s in tl.sessions.items() if s.get("path")}
+    out: dict[str, list[list[str]]] = {}
+    for e in events:
+        path = e.payload.get("path")
+        if e.kind in ("path_assigned", "session_rerouted") and isinstance(path, list):
+            seen = out.setdefault(e.session_id or "", [])
+            path = [str(x) for x in path]
+            if e.ts < since:
+                seen[:] = [path]  # only the path it had when the run started
+            elif not seen or seen[-1] != path:
+                seen.append(path)
+    if wanted - set(out) and events:  # no admission events: the KMs' forwarding entries
+        try:
+            tl = build_timeline(events)
+        except UserError:
+            return out
+        for sid, s in tl.sessions.items():
+            if sid not in out and s.get("path"):
+                out[sid] = [s["path"]]
+    return out
