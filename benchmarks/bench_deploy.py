@@ -12,7 +12,8 @@ in a temp dir) so that it never disturbs a lab deployed from labs/:
               with the same inventory, measured in the same run; the ratio warm/baseline
               is less machine-dependent than seconds.
 
-Needs root. Usage: .venv/bin/python benchmarks/bench_deploy.py [--runs 3]
+Needs root. Usage:
+    .venv/bin/python benchmarks/bench_deploy.py [--runs 3] [--only-roles pki,common,mqtt_broker]
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.infra.labcopy
@@ -58,11 +61,23 @@ def baseline(inventory: Path) -> float:
     return round(time.monotonic() - start, 2)
 
 
-def _roles(playbook: Path) -> list[str]:
-    import yaml
+def _play_roles(play: dict) -> list[str]:
+    return [r["role"] if isinstance(r, dict) else r for r in play.get("roles", [])]
 
+
+def _roles(playbook: Path) -> list[str]:
     plays = yaml.safe_load(playbook.read_text()) or []
-    return [r["role"] if isinstance(r, dict) else r for p in plays for r in p.get("roles", [])]
+    return [r for p in plays for r in _play_roles(p)]
+
+
+def _only_roles(playbook: Path, roles: list[str], directory: Path) -> Path:
+    plays = [p for p in yaml.safe_load(playbook.read_text()) or []
+             if set(_play_roles(p)) & set(roles)]
+    if not plays:
+        raise SystemExit(f"no play of {playbook} runs any of {roles}")
+    out = directory / "playbook.yml"
+    out.write_text(yaml.safe_dump(plays, sort_keys=False))
+    return out
 
 
 def main() -> int:
@@ -71,27 +86,34 @@ def main() -> int:
     ap.add_argument("--output", type=Path, default=RESULT)
     ap.add_argument("--playbook", type=Path, default=SITE_PLAYBOOK,
                     help="playbook to deploy with (default playbooks/site.yml)")
+    ap.add_argument("--only-roles", metavar="R1,R2",
+                    help="deploy only the plays of the playbook that run these roles "
+                         "(e.g. pki,common,mqtt_broker: the base rollout)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_deploy: needs root (network namespaces)", file=sys.stderr)
         return 2
 
     with tempfile.TemporaryDirectory(prefix="qkdtwin-bench-") as tmp:
+        playbook = args.playbook.resolve()
+        if args.only_roles:
+            playbook = _only_roles(playbook, args.only_roles.split(","), Path(tmp))
+        roles = _roles(playbook)
         lab = load_lab(copy_lab(ROOT / "labs" / "star6.clab.yml", Path(tmp), "benchstar6", 236))
         netns.down(lab, log=lambda _: None)
         load_before = os.getloadavg()
         try:
-            first = timed_deploy(lab.path, args.playbook)
+            first = timed_deploy(lab.path, playbook)
             print(f"first deploy: {first['seconds']} s (changed={first['changed']})", flush=True)
             warm = []
             for i in range(args.runs):
-                warm.append(timed_deploy(lab.path, args.playbook))
+                warm.append(timed_deploy(lab.path, playbook))
                 print(f"warm deploy {i + 1}: {warm[-1]['seconds']} s "
                       f"(changed={warm[-1]['changed']})", flush=True)
             base = baseline(lab.lab_dir / "ansible-inventory.yml")
             print(f"baseline (one no-op module run on every node): {base} s", flush=True)
             netns.down(lab, log=lambda _: None)
-            after_down = timed_deploy(lab.path, args.playbook)
+            after_down = timed_deploy(lab.path, playbook)
             print(f"deploy after down: {after_down['seconds']} s", flush=True)
         finally:
             netns.down(lab, log=lambda _: None)
@@ -102,7 +124,8 @@ def main() -> int:
         "lab": "star6 (copy named benchstar6)",
         "playbook": str(args.playbook.resolve().relative_to(REPO_ROOT)
                         if args.playbook.resolve().is_relative_to(REPO_ROOT) else args.playbook),
-        "roles": _roles(args.playbook),
+        "only_roles": args.only_roles.split(",") if args.only_roles else None,
+        "roles": roles,
         "nodes": len(lab.nodes),
         "links": len(lab.links),
         "median_warm_seconds": median,
@@ -116,6 +139,9 @@ def main() -> int:
         "machine": {
             "cpus": os.cpu_count(),
             "loadavg_before": [round(x, 2) for x in load_before],
+            # The machine is shared: a high load makes every figure slower; the baseline
+            # (measured in the same run) shows by how much.
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(),
             "kernel": platform.release(),
         },
