@@ -400,12 +400,10 @@ def check_against_lab(sc: Scenario, facts: LabFacts) -> None:
             if sae not in facts.saes:
                 problems.append(f"pairs ({p.name}).{end}: lab {facts.name} has no application "
                                 f"{sae} (known: {known_saes})")
-        if p.user is not None and p.src in facts.saes:
-            for sae in (p.src, p.dst):
-                owner = facts.saes.get(sae, {}).get("user")
-                if owner is not None and owner != p.user:
-                    problems.append(f"pairs ({p.name}).user: {sae} belongs to user {owner}, "
-                                    f"not {p.user} (the SAE's certificate names its user)")
+        owner = facts.saes.get(p.src, {}).get("user")
+        if p.user is not None and owner is not None and owner != p.user:
+            problems.append(f"pairs ({p.name}).user: {p.src} belongs to user {owner}, not "
+                            f"{p.user} (the SAE's certificate names its user)")
     links = ", ".join(f"{a}:{b}" for _, a, b in facts.links) or "none"
     for i, f in enumerate(sc.faults):
         where = f"faults[{i}] ({f.describe()})"

@@ -218,7 +218,7 @@ class ScenarioRunner:
                 self._run_014(pair, res)
             else:
                 self._run_004(pair, res)
-            res.state = "ok"
+            res.state = "failed" if res.mismatches else "ok"
             if pair.expect == "refused":
                 res.state = "failed"
                 res.errors.append("expected the KM to refuse this pair, but it delivered keys")
