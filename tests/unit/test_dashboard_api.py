@@ -172,3 +172,14 @@ def test_replay_of_a_recording_restores_sessions_and_events(tmp_path):
     assert [e["kind"] for e in s.events_after(0)] == ["config_request_received",
                                                       "path_assigned"]
     assert replay_recording(s, tmp_path / "none") == 0
+
+
+def test_a_session_id_used_again_after_a_refusal_is_a_new_session():
+    s = LiveState("t", NODES, LINKS)
+    s.feed(*ev("km0", "session_request", "p", ts=1.0, sae_id="a", peer_sae_id="b", api="014"))
+    s.feed(*ev("admission", "session_rejected", "p", ts=2.0, reason="rejected: no path"))
+    assert s.snapshot(now=3.0)["sessions"][0]["state"] == "rejected"
+    s.feed(*ev("km0", "session_request", "p", ts=4.0, sae_id="a", peer_sae_id="b", api="014"))
+    s.feed(*ev("admission", "path_assigned", "p", ts=5.0, path=["km0", "km1"]))
+    (only,) = s.snapshot(now=200.0)["sessions"]  # not aged out with the refused one
+    assert only["state"] == "active" and only["path"] == ["km0", "km1"] and not only["reason"]

@@ -132,6 +132,10 @@ class LiveState:
             return
         ts = p.get("ts", time.time())
         s = self.sessions.get(sid)
+        starts = kind in ("config_request_received", "session_request")
+        if s is not None and starts and s["state"] in ("terminated", "rejected"):
+            s = None  # the same id again (ETSI 014 ids come from the SAE pair): a new session
+            self._hops.pop(sid, None)
         if s is None:
             if kind not in ("config_request_received", "session_request", "session_accepted",
                             "path_assigned", "session_active", "session_configured"):
