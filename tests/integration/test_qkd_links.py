@@ -3,6 +3,9 @@ fixture of tests/infra/conftest.py): both ends of every link hand out the same k
 the same IDs through ETSI 014, at the rate the model predicts for the link, and switching
 Eve on (`qkdtwin eve`) raises the published QBER and stops key production.
 
+The key managers of the lab are the modules' SAEs and pull every key they can; the rate test
+pauses them (supervisorctl stop key_manager) while it is the SAE and starts them again.
+
 Rates: the prediction is `qkdtwin.qkd_module.predict.block_prediction` (analytic gains and
 QBERs of qkdtwin.quantum.keyrate through the emulator's finite-size estimation, Cascade
 leak and privacy amplification for the module's block size; docs/quantum.md). The wall-clock
@@ -15,6 +18,7 @@ says so, and the test checks the key per emulated link-second, not the load.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -104,12 +108,36 @@ def drain(alice: Api) -> dict[str, bytes]:
     return out
 
 
+@contextlib.contextmanager
+def key_managers_paused(lab):
+    """Stop the KMs (the modules' usual SAEs, which pull every key) while the test is the
+    SAE; start them again afterwards. Nodes without a key_manager program are left alone."""
+    python = lab.all_vars["qkdtwin_python"]
+
+    def ctl(node: str, action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", lab.lab.namespace(node), python, "-m",
+                               "supervisor.supervisorctl", "-c",
+                               "/etc/qkdtwin/supervisord.conf", action, "key_manager"],
+                              capture_output=True, text=True, timeout=60)
+
+    stopped = [n for n in lab.nodes_with_role("km") if "stopped" in ctl(n, "stop").stdout]
+    try:
+        yield stopped
+    finally:
+        for n in stopped:
+            ctl(n, "start")
+
+
 def blocks_done(h: dict) -> int:
     return h["blocks_ok"] + h["blocks_aborted"] + h["blocks_failed"]
 
 
 def test_every_link_gives_both_ends_the_same_keys_at_the_model_rate(deployed_lab):  # noqa: F811
-    lab = deployed_lab
+    with key_managers_paused(deployed_lab):
+        measure_links(deployed_lab)
+
+
+def measure_links(lab) -> None:
     links = lab.all_vars["qkdtwin_qkd_links"]
     assert links, "the lab has no QKD links"
     apis = {lk["id"]: link_apis(lab, lk) for lk in links}
@@ -172,8 +200,9 @@ def test_eve_raises_the_published_qber_and_stops_key(deployed_lab, capsys):  # n
     lock = threading.Lock()
 
     def collect(topic, payload, msg):
-        with lock:
-            seen.append(payload)
+        if payload.get("source") == "qkd":  # the KMs publish on the same topics
+            with lock:
+                seen.append(payload)
 
     bus = Bus(lab_connection(str(lab.lab.path)), "host", workers=1)
     bus.subscribe("qkd/v1/telemetry/+/km0-km1", collect, qos=0)
@@ -195,14 +224,14 @@ def test_eve_raises_the_published_qber_and_stops_key(deployed_lab, capsys):  # n
         attacked = hb["eve_since_block"]
         assert attacked in (first, first + 1)
         assert ha["last_ok_block"] <= attacked and hb["last_ok_block"] <= attacked
-        # once the blocks sent before Eve came are through, the store stops growing
+        # once the blocks sent before Eve came are through, no more key is made
         wait_for(lambda: (lambda h: h["oldest_open_block"] > attacked
                           and h["pending_blocks"] == 0)(a.health()), 120, "older blocks done")
-        stored = a.health()["stored_bits"]
+        made = a.health()["secret_bits_total"], b.health()["secret_bits_total"]
         wait_for(lambda: [t for t in list(seen)[-4:] if t["skr_bps"] == 0], 60,
                  "telemetry showing no key")
         ha, hb = a.health(), b.health()
-        assert ha["stored_bits"] == stored
+        assert (ha["secret_bits_total"], hb["secret_bits_total"]) == made
         assert ha["last_ok_block"] <= attacked and hb["last_ok_block"] <= attacked
     finally:
         main(["eve", str(lab.lab.path), "km0:km1", "--off"])
