@@ -38,6 +38,7 @@ class FakeKms:
         self.corrupt = False  # the slave gets a different key
         self.refuse: dict[str, tuple[int, str]] = {}  # sae -> (http, message)
         self.unreachable_until = 0.0
+        self.tls_broken = False
         self.calls: list[tuple[float, str, str]] = []
 
     def key(self) -> str:
@@ -61,7 +62,9 @@ class FakeClient:
     def _gate(self, what: str) -> KmResponse | None:
         self.kms.calls.append((time.monotonic(), self.sae, what))
         if time.monotonic() < self.kms.unreachable_until:
-            raise SaeError("cannot reach the KM")
+            raise SaeError("cannot reach the KM at https://x:8443: connection refused")
+        if self.kms.tls_broken:
+            raise SaeError("TLS with the KM at https://x:8443 failed (wrong CA, or ...)")
         if self.sae in self.kms.refuse:
             http, msg = self.kms.refuse[self.sae]
             return self._r(http, {"message": msg})
@@ -221,6 +224,15 @@ def test_an_unreachable_km_is_waited_for(tmp_path):
     kms.unreachable_until = time.monotonic() + 0.5  # a restarting KM
     res = run(tmp_path, kms, {"pairs": [{"from": "sae-0", "to": "sae-1", "keys": 1}]})
     assert res.ok and res.pairs[0].retries >= 1
+
+
+def test_a_tls_failure_is_not_retried(tmp_path):
+    kms = FakeKms()
+    kms.tls_broken = True
+    t = time.monotonic()
+    res = run(tmp_path, kms, {"pairs": [{"from": "sae-0", "to": "sae-1"}]})
+    assert time.monotonic() - t < 2 and not res.ok
+    assert res.pairs[0].retries == 0 and "TLS with the KM" in res.pairs[0].errors[0]
 
 
 def test_refusals_end_the_pair_unless_expected(tmp_path):

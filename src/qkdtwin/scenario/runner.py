@@ -255,7 +255,8 @@ class ScenarioRunner:
         res.retries += 1
         if self.now() - last_note[0] >= WAIT_NOTE_EVERY:
             last_note[0] = self.now()
-            self.log(f"{pair.name}: waiting for key ({why}), {res.keys_matched}/{pair.keys} "
+            short = why if len(why) <= 150 else why[:147] + "..."
+            self.log(f"{pair.name}: waiting for key ({short}), {res.keys_matched}/{pair.keys} "
                      f"so far")
 
     def _got(self, pair: Pair, res: PairResult, t_req: float, n_same: int, n_diff: int) -> None:
@@ -309,6 +310,8 @@ class ScenarioRunner:
             try:
                 r = call()
             except SaeError as exc:
+                if not _unreachable(exc):
+                    raise _Refused(str(exc)) from None
                 why = f"KM unreachable: {exc}"
                 pause = 1.0
             else:
@@ -386,6 +389,8 @@ class ScenarioRunner:
             try:
                 r = call(step)
             except SaeError as exc:
+                if not _unreachable(exc):
+                    raise _Refused(str(exc)) from None
                 why, pause = f"KM unreachable: {exc}", 1.0
             else:
                 if r.status == 0:
@@ -403,6 +408,13 @@ class ScenarioRunner:
 # Refusals that say the control plane was too slow (a loaded host), not that the request is
 # wrong or not allowed: asking again may succeed.
 TRANSIENT = ("did not answer", "in time", "unreachable", "not reachable")
+
+
+def _unreachable(exc: SaeError) -> bool:
+    """No connection or no answer in time (a KM restarting), as opposed to a TLS failure or
+    a non-API answer, which retrying does not cure."""
+    text = str(exc)
+    return "cannot reach the KM" in text or "did not answer within" in text
 
 
 def _transient(r: KmResponse) -> bool:
