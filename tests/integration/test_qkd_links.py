@@ -128,6 +128,20 @@ def key_managers_paused(lab):
             ctl(n, "start")
 
 
+def dec(bob: Api, ids: list[str]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for i in range(0, len(ids), 1024):
+        code, r = bob.keys("dec_keys", {"key_IDs": [{"key_ID": k} for k in ids[i:i + 1024]]})
+        assert code == 200, r
+        out |= {k["key_ID"]: base64.b64decode(k["key"]) for k in r["keys"]}
+    return out
+
+
+def fetch_both(alice: Api, bob: Api) -> None:
+    got = drain(alice)
+    assert dec(bob, list(got)) == got
+
+
 def blocks_done(h: dict) -> int:
     return h["blocks_ok"] + h["blocks_aborted"] + h["blocks_failed"]
 
@@ -145,8 +159,8 @@ def measure_links(lab) -> None:
         wait_for(lambda a=a, b=b: a.health()["status"] == b.health()["status"] == "up"
                  and a.health()["blocks_ok"] >= 3, 120, f"key on {a.node}-{b.node}")
     start = {}
-    for lid, (a, _) in apis.items():
-        drain(a)
+    for lid, (a, b) in apis.items():
+        fetch_both(a, b)  # key made before the window (taken at both ends: nothing left over)
         start[lid] = (blocks_done(a.health()), time.monotonic())
     # the key made meanwhile waits in Alice's store; enough blocks for a ~4 % statistical error
     deadline = time.monotonic() + MAX_WINDOW_S
@@ -158,20 +172,15 @@ def measure_links(lab) -> None:
     for lk in links:
         lid = lk["id"]
         a, b = apis[lid]
-        got = {lid: drain(a)}
+        mine = drain(a)
         h = a.health()
         done, t1 = blocks_done(h), time.monotonic()
         wall = t1 - start[lid][1]
-        # the b end hands out exactly these keys under exactly these IDs
-        ids = list(got[lid])
+        ids = list(mine)
         assert ids, f"{lid}: no key in {wall:.0f} s"
-        bob: dict[str, bytes] = {}
-        for i in range(0, len(ids), 1024):
-            code, r = b.keys("dec_keys", {"key_IDs": [{"key_ID": k} for k in ids[i:i + 1024]]})
-            assert code == 200, r
-            bob |= {k["key_ID"]: base64.b64decode(k["key"]) for k in r["keys"]}
-        assert bob == got[lid]
-        assert len(set(got[lid].values())) == len(ids)
+        # the b end hands out exactly these keys under exactly these IDs
+        assert dec(b, ids) == mine
+        assert len(set(mine.values())) == len(ids)
         # rate against the scaled prediction
         p = LinkParams.from_vars(lk["qkd"])
         pred = block_prediction(p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -129,6 +130,17 @@ def test_bob_refuses_overlapping_or_unknown_segments(tmp_path):
     with pytest.raises(StoreError, match="other segments"):
         bob.assign([("k1", [(1, 32, 32)])])
     assert bob.take_ids(["k2"]) is None and len(bob.take_ids(["k1"])["k1"]) == 32
+
+
+def test_keys_nobody_fetches_expire_at_bob(tmp_path):
+    _, bob = _stores(tmp_path)
+    bob.add_block(1, b"y" * 64, ready=True)
+    bob.assign([("old", [(1, 0, 32)])])
+    assert bob.expire(3600) == 0
+    time.sleep(0.05)
+    bob.assign([("new", [(1, 32, 32)])])
+    assert bob.expire(0.04) == 1
+    assert bob.take_ids(["old"]) is None and bob.take_ids(["new"]) is not None
 
 
 def test_store_survives_reopening(tmp_path):

@@ -40,6 +40,7 @@ class ModuleConfig:
     min_key_size: int = 64
     max_stored_bits: int = 512 * 1024 * 1024
     rate_window_s: float = 10.0
+    undelivered_ttl_s: float = 3600.0  # b end: assigned keys never fetched are dropped after
 
     @property
     def is_alice(self) -> bool:
@@ -146,6 +147,7 @@ def parse_config(raw: dict[str, Any]) -> ModuleConfig:
         key_size=_num(raw, "key_size", 256, 8, 1 << 20, True),
         max_key_per_request=_num(raw, "max_key_per_request", 1024, 1, 1 << 20, True),
         rate_window_s=_num(raw, "rate_window_s", 10.0, 1.0, 3600),
+        undelivered_ttl_s=_num(raw, "undelivered_ttl_s", 3600.0, 1.0, 1e7),
     )
     if cfg.key_size % 8:
         raise UserError("qkd_module config: key_size must be a multiple of 8")

@@ -97,9 +97,16 @@ class QkdModule:
         return self
 
     def _telemetry_loop(self) -> None:
+        last_expiry = 0.0
         while not self._stop.wait(self.cfg.telemetry_interval_s):
             try:
                 self._publish()
+                if not self.cfg.is_alice and time.monotonic() - last_expiry > 60.0:
+                    last_expiry = time.monotonic()
+                    n = self.store.expire(self.cfg.undelivered_ttl_s)
+                    if n:
+                        self.event("qkd_keys_expired", keys=n,
+                                   ttl_s=self.cfg.undelivered_ttl_s)
             except Exception:  # telemetry must never kill the module
                 log.exception("telemetry failed")
 

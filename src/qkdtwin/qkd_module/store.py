@@ -235,6 +235,13 @@ class KeyStore:
                 raise
         return out
 
+    def expire(self, ttl_s: float) -> int:
+        """Bob: drop assigned keys nobody fetched within ttl_s (the KM gave them up)."""
+        with self._lock:
+            cur = self._db.execute("DELETE FROM keys WHERE synced=1 AND created < ?",
+                                   (time.time() - ttl_s,))
+        return cur.rowcount
+
     # -- figures ------------------------------------------------------------------------
 
     def stored_bits(self) -> int:
