@@ -355,10 +355,14 @@ class KeyManager:
 
     def status_014(self, ident: Identity, slave: str) -> dict[str, Any]:
         s = self.open_014(ident, slave, None)
-        if s.peer_km is None:
-            with s.cond:
-                s.cond.wait_for(lambda: s.peer_km is not None, 1.0)
         e = self.forwarding.get(s.session_id)
+        if s.peer_km is None and e is not None and e.next_hop:
+            # the destination KM is named by the first relay acknowledgement (the prefetch
+            # started when the session was configured); make sure there is one
+            if not s.prefetching:
+                self._produce(s, 1, s.key_size, prefetch=False)
+            with s.cond:
+                s.cond.wait_for(lambda: s.peer_km is not None, self.cfg.request_wait_s)
         ready = self.store.ready_count(s.session_id, "src", s.key_size)
         link_bytes = 0
         if e and e.next_hop:
