@@ -125,6 +125,10 @@ class _Condenser:
                 self.task = prefix + header["name"]
                 self.task_start = time.monotonic()
             return
+        if line.startswith("included: ") and " for " in line:
+            for host in line.rsplit(" for ", 1)[1].split(","):
+                self.hosts.setdefault(host.strip(), "ok")
+            return
         status = _HOST_STATUS.match(line)
         if status:
             kind, host = status.groups()
