@@ -45,6 +45,9 @@ changed: [km0 -> localhost] => (item=nodes/km0)
 ok: [km1 -> localhost] => (item=nodes/km1)
 skipping: [km2]
 
+TASK [pki : Issue the missing certificates] ************************************
+included: /work/main/roles/pki/tasks/issue.yml for km0, km1
+
 TASK [common : Start supervisord] **********************************************
 fatal: [km2]: FAILED! =>
     msg: non-zero return code
@@ -76,6 +79,7 @@ def test_condenser_one_line_per_task_errors_and_recap():
     assert "== PKI and base of every node" in text
     task_line = next(ln for ln in out if "pki : Generate private keys" in ln)
     assert "ok=1 changed=1 skipped=1" in task_line
+    assert "ok=2" in next(ln for ln in out if "Issue the missing certificates" in ln)
     assert "fatal: [km2]: FAILED!" in text and "stderr: boom" in text
     assert "common : Start supervisord" in text and "failed=1" in text
     assert sum(1 for ln in out if " : ok=" in ln) == 3  # the recap, in full
@@ -197,6 +201,8 @@ def test_address_plan_nothing_to_do_and_missing_interface():
     assert net.address_plan([{"name": "eth1", "ipv4": "10.10.1.1/30"}], IP_JSON)["changes"] == []
     plan = net.address_plan([{"name": "eth7", "ipv4": "10.10.7.1/30"}], IP_JSON)
     assert plan["missing_interfaces"] == ["eth7"] and plan["batch"] == ""
+    with pytest.raises(Exception, match="node km0 has no interface eth7"):
+        net.address_plan([{"name": "eth7", "ipv4": "10.10.7.1/30"}], IP_JSON, "km0")
 
 
 # --------------------------------------------------------------------------- qkdtwin_files

@@ -13,8 +13,11 @@ import ipaddress
 from ansible.errors import AnsibleFilterError
 
 
-def address_plan(interfaces: list | None, ip_json: list) -> dict:
-    """Return {missing_interfaces: [...], batch: "ip commands\\n...", changes: [...]}."""
+def address_plan(interfaces: list | None, ip_json: list, node: str | None = None) -> dict:
+    """Return {missing_interfaces: [...], batch: "ip commands\\n...", changes: [...]}.
+
+    With `node`, a missing interface is an error naming the node and the interfaces.
+    """
     present = {link.get("ifname"): link for link in ip_json or []}
     missing: list[str] = []
     commands: list[str] = []
@@ -41,6 +44,10 @@ def address_plan(interfaces: list | None, ip_json: list) -> dict:
             commands.append(f"addr add {cidr} dev {name}")
         if "UP" not in link.get("flags", []):
             commands.append(f"link set dev {name} up")
+    if missing and node:
+        raise AnsibleFilterError(
+            f"node {node} has no interface {', '.join(missing)} (is the lab up? run "
+            f"`qkdtwin up`)")
     return {
         "missing_interfaces": missing,
         "changes": commands,
