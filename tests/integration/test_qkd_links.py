@@ -137,11 +137,6 @@ def dec(bob: Api, ids: list[str]) -> dict[str, bytes]:
     return out
 
 
-def fetch_both(alice: Api, bob: Api) -> None:
-    got = drain(alice)
-    assert dec(bob, list(got)) == got
-
-
 def blocks_done(h: dict) -> int:
     return h["blocks_ok"] + h["blocks_aborted"] + h["blocks_failed"]
 
@@ -160,8 +155,9 @@ def measure_links(lab) -> None:
                  and a.health()["blocks_ok"] >= 3, 120, f"key on {a.node}-{b.node}")
     start = {}
     for lid, (a, b) in apis.items():
-        fetch_both(a, b)  # key made before the window (taken at both ends: nothing left over)
-        start[lid] = (blocks_done(a.health()), time.monotonic())
+        before = drain(a)  # key made before the window
+        start[lid] = (blocks_done(a.health()), time.monotonic())  # right after the drain
+        assert dec(b, list(before)) == before  # taken at both ends: nothing left over
     # the key made meanwhile waits in Alice's store; enough blocks for a ~4 % statistical error
     deadline = time.monotonic() + MAX_WINDOW_S
     while time.monotonic() < deadline and any(
