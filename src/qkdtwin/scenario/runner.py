@@ -24,6 +24,7 @@ from qkdtwin.scenario.model import Fault, Pair, Scenario
 Log = Callable[[str], None]
 WAIT_NOTE_EVERY = 10.0  # seconds between "still waiting" lines of a pair
 HTTP_TIMEOUT = 60.0
+OPEN_STAGGER = 0.5  # s between the source's and the destination's ETSI 004 OPEN_CONNECT
 
 
 @dataclass
@@ -342,7 +343,9 @@ class ScenarioRunner:
             opened: dict[str, Any] = {}
 
             def open_dest() -> None:
-                time.sleep(0.05)  # the source registers first (it is the session's source)
+                # the source application registers first, so its KM is the session's source
+                # (the KM that creates the keys); not guaranteed on a very loaded host
+                time.sleep(OPEN_STAGGER)
                 try:
                     opened["dst"] = dest.open_connect(pair.src, pair.dst, qos, stream)
                 except SaeError as exc:
