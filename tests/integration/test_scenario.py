@@ -51,6 +51,7 @@ def demo(tmp_path_factory):
     results = d / "demo.json"
     try:
         rc = run_demo(str(lab.path), deploy_lab=owned, results=results, log=lines.append)
+        (d / "demo.log").write_text("\n".join(lines) + "\n")  # to read after the run
         yield lab, rc, lines, json.loads(results.read_text()) if results.exists() else None
     finally:
         if owned:
