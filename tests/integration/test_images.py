@@ -106,9 +106,11 @@ def test_node_runs_the_package_and_tools(container):
         import importlib, json, pkgutil, qkdtwin
         bad = {}
         for m in pkgutil.walk_packages(qkdtwin.__path__, "qkdtwin."):
+            if m.name.endswith(".__main__"):  # entry points run on import, by design
+                continue
             try:
                 importlib.import_module(m.name)
-            except Exception as exc:
+            except BaseException as exc:
                 bad[m.name] = f"{type(exc).__name__}: {exc}"
         print(json.dumps(bad))
     """)
