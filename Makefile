@@ -14,13 +14,14 @@ PYTEST_ARGS  ?=
 APT_PACKAGES := mosquitto mosquitto-clients nftables iproute2 iputils-ping procps psmisc \
                 openssl ca-certificates
 
-.PHONY: install apt venv collections test unit lint demo down clean help
+.PHONY: install apt venv collections test unit lint demo down clean help images
 
 help:
 	@echo "make demo    install, deploy $(LAB), show it working"
 	@echo "make test    install, run the whole test suite (needs root)"
 	@echo "make lint    ruff + ansible-lint"
 	@echo "make down    tear the demo lab down"
+	@echo "make images  build the clab runtime's images qkdtwin/node and qkdtwin/broker"
 
 install: apt venv collections
 
@@ -52,6 +53,11 @@ unit: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks plugins
 	$(BIN)/ansible-lint --profile production playbooks roles
+
+# Images of the clab runtime (docs/runtimes.md): starts a Docker engine when needed, makes a
+# local Debian base with debootstrap unless QKDTWIN_BASE names one, builds from a wheelhouse.
+images: venv
+	@scripts/build-images.sh
 
 demo: install
 	$(BIN)/qkdtwin deploy $(LAB)

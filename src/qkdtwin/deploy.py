@@ -230,8 +230,8 @@ class DeployResult:
 
 
 def deploy(lab_ref: str | Path, *, log: Log = print, verbose: bool = False,
-           playbook: Path = SITE_PLAYBOOK) -> DeployResult:
-    """`up` + inventory + ansible-playbook for a lab of the netns runtime."""
+           playbook: Path = SITE_PLAYBOOK, runtime: str = "netns") -> DeployResult:
+    """`up` + inventory + ansible-playbook for a lab of the netns (or clab) runtime."""
     from qkdtwin.runtime import netns
     from qkdtwin.runtime.inventory import write_inventory
     from qkdtwin.topology import load_lab
@@ -240,10 +240,16 @@ def deploy(lab_ref: str | Path, *, log: Log = print, verbose: bool = False,
     if not playbook.is_file():  # before touching the lab
         raise UserError(f"no such playbook: {playbook}")
     lab = load_lab(lab_ref)
-    up = netns.up(lab, log=log)
+    if runtime == "clab":
+        from qkdtwin.runtime import clab  # containerlab deploy + netem + docker inventory
+
+        up = clab.up(lab, log=log)
+        inventory = write_inventory(lab, runtime="clab", python=clab.NODE_PYTHON)
+    else:
+        up = netns.up(lab, log=log)
+        inventory = write_inventory(lab, runtime="netns")
     for warning in up.warnings:
         log(f"WARNING: {warning}")
-    inventory = write_inventory(lab, runtime="netns")
     log(f"inventory: {inventory}")
     shown = playbook.relative_to(REPO_ROOT) if playbook.is_relative_to(REPO_ROOT) else playbook
     log(f"ansible-playbook {shown}")
@@ -253,7 +259,8 @@ def deploy(lab_ref: str | Path, *, log: Log = print, verbose: bool = False,
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     playbook = Path(args.playbook).resolve() if args.playbook else SITE_PLAYBOOK
-    result = deploy(args.lab, verbose=args.verbose, playbook=playbook)
+    result = deploy(args.lab, verbose=args.verbose, playbook=playbook,
+                    runtime=getattr(args, "runtime", "netns"))
     pb = result.playbook
     if not result.ok:
         failed = ", ".join(pb.failed_hosts) or "see the output above"
@@ -274,4 +281,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="show Ansible's full output instead of one line per task")
     p.add_argument("--playbook", metavar="PATH",
                    help="another playbook to run instead of playbooks/site.yml")
+    p.add_argument("--runtime", choices=("netns", "clab"), default="netns",
+                   help="netns (default, this host) or clab (containerlab + Docker)")
     p.set_defaults(func=cmd_deploy)

@@ -39,7 +39,10 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     from qkdtwin.runtime.inventory import write_inventory
 
     lab = load_lab(args.lab)
-    path = write_inventory(lab, runtime=args.runtime)
+    from qkdtwin.runtime.clab import NODE_PYTHON  # the image's interpreter for clab nodes
+
+    python = NODE_PYTHON if args.runtime == "clab" else None
+    path = write_inventory(lab, runtime=args.runtime, python=python)
     _say(f"inventory: wrote {path}")
     return 0
 
@@ -49,6 +52,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from qkdtwin.runtime.inventory import write_inventory
 
     lab = load_lab(args.lab)
+    if getattr(args, "runtime", "netns") == "clab":
+        from qkdtwin.runtime import clab
+        return clab.cli_up(lab, log=_say)
     result = netns.up(lab, log=_say)
     path = write_inventory(lab, runtime="netns")
     _say(f"inventory: {path}")
@@ -63,6 +69,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     from qkdtwin.runtime import netns
 
     lab = load_lab(args.lab)
+    if getattr(args, "runtime", "netns") == "clab":
+        from qkdtwin.runtime import clab
+        return clab.cli_down(lab, log=_say)
     netns.down(lab, log=_say)
     return 0
 
@@ -71,6 +80,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from qkdtwin.runtime import netns
 
     lab = load_lab(args.lab)
+    if getattr(args, "runtime", "netns") == "clab":
+        from qkdtwin.runtime import clab
+        return clab.cli_status(lab, as_json=args.json)
     st = netns.status(lab)
     if args.json:
         print(json.dumps(st, indent=2))
@@ -83,6 +95,11 @@ def _lab_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("lab", metavar="LAB", help="labs/<lab>.clab.yml or a lab name")
 
 
+def _runtime_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=("netns", "clab"), default="netns",
+                   help="netns (default, this host) or clab (containerlab + Docker)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("validate", help="check a lab file and its users file")
     _lab_arg(p)
@@ -90,14 +107,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("up", help="create (or repair) a lab's namespaces and links")
     _lab_arg(p)
+    _runtime_arg(p)
     p.set_defaults(func=cmd_up)
 
     p = subparsers.add_parser("down", help="destroy a lab: processes, namespaces, links")
     _lab_arg(p)
+    _runtime_arg(p)
     p.set_defaults(func=cmd_down)
 
     p = subparsers.add_parser("status", help="show a lab's nodes, addresses and links")
     _lab_arg(p)
+    _runtime_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
