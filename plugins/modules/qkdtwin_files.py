@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: qkdtwin contributors
 # Apache-2.0
+# ruff: noqa: E402  (Ansible modules put DOCUMENTATION before the imports)
 """Ansible module: make a set of directories and small files exist with the given content
 and mode, in one module run (one process on the node instead of one per file)."""
 
