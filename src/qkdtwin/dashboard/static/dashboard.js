@@ -23,6 +23,12 @@
     return Math.round(v) + " b";
   }
   function fmtQber(v) { return v === null || v === undefined ? "–" : (100 * v).toFixed(2) + " %"; }
+  // key held for the link: the QKD module's store, and the KMs' link pools when reported
+  function storedText(l) {
+    const pools = Object.values(l.pool_bits || {});
+    const mod = fmtBits(l.stored_bits);
+    return pools.length ? mod + " + KM " + fmtBits(Math.min.apply(null, pools)) : mod;
+  }
   function toast(msg) {
     const t = $("#toast"); t.textContent = msg; t.style.display = "block";
     clearTimeout(toast.timer); toast.timer = setTimeout(() => (t.style.display = "none"), 5000);
@@ -96,9 +102,7 @@
     tr.appendChild(st);
     tr.appendChild(el("td", {}, fmtRate(l.skr_bps)));
     tr.appendChild(el("td", {}, fmtQber(l.qber)));
-    const pools = Object.values(l.pool_bits || {});
-    tr.appendChild(el("td", {}, fmtBits(l.stored_bits !== null ? l.stored_bits
-      : pools.length ? Math.min.apply(null, pools) : null)));
+    tr.appendChild(el("td", { title: "QKD module store / KM link pools" }, storedText(l)));
     tr.appendChild(el("td", {}, l.eve_fraction ? Math.round(100 * l.eve_fraction) + " %" : "off"));
     const td = el("td");
     const eveOn = l.eve_fraction > 0;
@@ -150,8 +154,7 @@
       const e = cy.getElementById(l.id);
       if (!e || e.empty()) return;
       const parts = [fmtRate(l.skr_bps), "QBER " + fmtQber(l.qber)];
-      const pools = Object.values(l.pool_bits || {});
-      parts.push("stored " + fmtBits(l.stored_bits !== null ? l.stored_bits : pools.length ? Math.min.apply(null, pools) : null));
+      parts.push("stored " + storedText(l));
       if (l.eve_fraction > 0) parts.push("EVE " + Math.round(100 * l.eve_fraction) + "%");
       if (l.alarm) parts.push("ALARM " + l.alarm);
       e.data({ color: COLORS[l.state] || "#aaa", label: parts.join("\n"), state: l.state });
