@@ -149,3 +149,55 @@ def test_recorder_writes_events_alarms_topology_and_telemetry(tmp_path, broker, 
     assert {e.channel for e in evs} == {"events", "alarm", "topology"}
     tel = load_events(tmp_path / "events" / "telemetry", channels=None)
     assert len(tel) == 1 and tel[0].payload["pool_bits"] == 8
+
+
+def test_record_cli_on_a_lab_dir(tmp_path, broker, test_ca, monkeypatch, capsys):
+    """`qkdtwin record LAB` finds the broker and the host identity from the lab's files."""
+    import threading
+
+    import yaml
+
+    from qkdtwin.runtime.inventory import write_inventory
+    from qkdtwin.topology import load_lab
+
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "labs").mkdir()
+    for f in ("line3.clab.yml", "line3.users.yml"):
+        shutil.copy(root / "labs" / f, tmp_path / "labs" / f)
+    lab = load_lab(tmp_path / "labs" / "line3.clab.yml")
+    inv = write_inventory(lab, runtime="netns")
+    data = yaml.safe_load(inv.read_text())
+    data["all"]["vars"]["qkdtwin_broker"] = {"host": "127.0.0.1", "port": broker.port}
+    inv.write_text(yaml.safe_dump(data))
+    pki = lab.lab_dir / "pki"
+    pki.mkdir()
+    host = test_ca.issue("host", ou="operator")
+    shutil.copy(test_ca.ca, pki / "ca.crt")
+    shutil.copy(host.cert, pki / "host.crt")
+    shutil.copy(host.key, pki / "host.key")
+    monkeypatch.chdir(tmp_path)
+
+    pub_id = test_ca.issue("km1")
+    pub = Bus(BrokerConfig("127.0.0.1", broker.port, test_ca.ca, pub_id.cert, pub_id.key),
+              "km1").start()
+
+    def publish_later() -> None:
+        time.sleep(1.0)
+        for i in range(3):
+            pub.event("relay_send", "s1", to_km="km2", n=i)
+
+    t = threading.Thread(target=publish_later)
+    t.start()
+    try:
+        assert main(["record", "line3", "--duration", "2.5"]) == 0
+    finally:
+        t.join()
+        pub.stop()
+    err = capsys.readouterr().err
+    assert "3 messages recorded" in err
+    evs = load_events(lab.lab_dir / "events")
+    assert [e.payload["n"] for e in evs] == [0, 1, 2] and evs[0].category == "relay"
+    # a lab that is not deployed: one clear line
+    shutil.rmtree(lab.lab_dir)
+    assert main(["record", "line3"]) == 2
+    assert "is not deployed" in capsys.readouterr().err
