@@ -325,12 +325,17 @@ def key_available_events(telemetry: Iterable[Event]) -> list[Event]:
 
 def build_timeline(events: Iterable[Event], *, sessions: Iterable[str] | None = None,
                    since: float | None = None, until: float | None = None,
-                   t0: float | None = None) -> Timeline:
-    """Lanes and markers of the given events (optionally only some sessions / a time window;
-    events without a session, such as alarms, are kept when they fall in the window)."""
+                   t0: float | None = None,
+                   elements: Iterable[str] | None = None) -> Timeline:
+    """Lanes and markers of the given events (optionally only some sessions, elements or a
+    time window; events without a session, such as alarms, are kept when they fall in the
+    window)."""
     wanted = set(sessions) if sessions else None
+    lanes = set(elements) if elements else None
     chosen = []
     for ev in events:
+        if lanes is not None and ev.lane not in lanes:
+            continue
         if since is not None and ev.ts < since:
             continue
         if until is not None and ev.ts > until:

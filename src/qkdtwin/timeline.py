@@ -177,7 +177,8 @@ def render_html(tl: Timeline, path: Path, title: str = "") -> Path:
 
 def timeline_for(events_path: Path, *, sessions: list[str] | None = None,
                  since: float | None = None, until: float | None = None,
-                 last: float | None = None, telemetry: bool = True) -> Timeline:
+                 last: float | None = None, telemetry: bool = True,
+                 elements: list[str] | None = None) -> Timeline:
     """Load a recording (file or events dir) and build its timeline."""
     skipped: list[str] = []
     events = load_events(events_path, skipped=skipped)
@@ -190,7 +191,14 @@ def timeline_for(events_path: Path, *, sessions: list[str] | None = None,
         raise UserError(f"no events recorded in {events_path}")
     if last is not None:
         since = max(since or 0.0, events[-1].ts - last)
-    return build_timeline(events, sessions=sessions, since=since, until=until)
+    return build_timeline(events, sessions=sessions, since=since, until=until,
+                          elements=elements)
+
+
+def _elements(values: list[str] | None) -> list[str] | None:
+    """``--element km0,km1 --element admission`` -> the lines to keep."""
+    out = [e.strip() for v in values or [] for e in v.split(",") if e.strip()]
+    return out or None
 
 
 def cmd_timeline(args: argparse.Namespace) -> int:
@@ -211,7 +219,8 @@ def cmd_timeline(args: argparse.Namespace) -> int:
                             "the lab) or run `qkdtwin record`")
     event_files(events_path)  # a clear error for a wrong path
     tl = timeline_for(events_path, sessions=args.session or None, since=args.since,
-                      until=args.until, last=args.last, telemetry=not args.no_telemetry)
+                      until=args.until, last=args.last, telemetry=not args.no_telemetry,
+                      elements=_elements(args.element))
     out = Path(args.out)
     title = args.title or f"qkdtwin {name}: event timeline"
     png = render_png(tl, out / "timeline.png", title, log_time=args.log_time)
@@ -240,6 +249,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a recording file or directory (default: labs/clab-<lab>/events/)")
     p.add_argument("--session", action="append", metavar="ID",
                    help="only this session (repeatable); alarms stay")
+    p.add_argument("--element", action="append", metavar="NAMES",
+                   help="only these lines (comma list, repeatable), e.g. km0,km1,km2")
     p.add_argument("--since", type=float, metavar="EPOCH", help="only events from this time")
     p.add_argument("--until", type=float, metavar="EPOCH", help="only events up to this time")
     p.add_argument("--last", type=float, metavar="S", help="only the last S seconds")

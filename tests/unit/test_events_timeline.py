@@ -63,6 +63,8 @@ def test_session_and_window_filters():
     assert len(late.markers) < len(tl.markers)
     with pytest.raises(UserError, match="no recorded events"):
         build_timeline(events, since=events[-1].ts + 10)
+    kms = build_timeline(events, elements=["km0", "km2"])
+    assert kms.lanes == ["km0", "km2"] and all(m.lane != "km1" for m in kms.markers)
 
 
 def test_png_and_html_are_written(tmp_path):
