@@ -120,7 +120,8 @@ const sel=document.getElementById('sess');
 order.forEach(s=>{const o=document.createElement('option');o.value=s;
  const v=D.sessions[s];o.textContent=s.slice(0,8)+' '+(v.saes||[]).join('→')+
  (v.path?' via '+v.path.join('-'):'');sel.appendChild(o);});
-sel.onchange=()=>{sess=sel.value;draw();};
+sel.onchange=()=>{sess=sel.value;if(sess){const v=D.sessions[sess],
+ m=Math.max((v.last-v.first)*0.08,0.002);x0=v.first-m;x1=v.last+m;}draw();};
 const leg=document.getElementById('legend');const used=new Set(D.markers.map(m=>m.category));
 Object.entries(D.categories).forEach(([c,v])=>{if(!used.has(c))return;
  const s=document.createElement('span');s.className='chip';s.dataset.cat=c;
