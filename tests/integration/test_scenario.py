@@ -140,8 +140,8 @@ def test_link_cut_during_session(demo):
 
 
 def test_faults_mix_kill_eve_refusal(demo):
-    """km0's KM killed during a relayed session (supervisord restarts it), Eve on km4-km5
-    during an ETSI 004 stream, and a disabled user's application refused."""
+    """Eve on km4-km5 during an ETSI 004 stream, then km0's KM killed during a relayed ETSI
+    014 session (supervisord restarts it), and a disabled user's application refused."""
     from qkdtwin.scenario import cli as scenario_cli
 
     lab, rc, _, _ = demo
@@ -151,13 +151,16 @@ def test_faults_mix_kill_eve_refusal(demo):
     text = "\n".join(lines)
     assert result.ok, text
     pairs = {p.name: p for p in result.pairs}
-    assert pairs["relay-km0-restart"].keys_matched == 8
-    assert pairs["relay-km0-restart"].path == ["km2", "km0", "km3"]
-    assert pairs["km4-km5-eve"].keys_matched == 6 and pairs["km4-km5-eve"].api == "004"
+    relay, eve_pair = pairs["relay-km0-restart"], pairs["km4-km5-eve"]
+    assert relay.keys_matched == 10 and relay.path == ["km2", "km0", "km3"]
+    assert relay.start >= eve_pair.end  # `after`
+    assert eve_pair.keys_matched == 6 and eve_pair.api == "004"
     assert pairs["mallory"].state == "refused" and pairs["mallory"].keys_matched == 0
-    kill, eve_on, eve_off = result.faults
+    eve_on, eve_off, kill = result.faults
     assert kill.ok and eve_on.ok and eve_off.ok
     assert eve_on.detail["eve_fraction"] == 0.5 and eve_off.detail["eve_fraction"] == 0.0
+    assert relay.start <= kill.applied_s <= relay.end  # the kill hit the running relay
+    assert kill.detail["running_again_s"] > 0
     # supervisord restarted the killed KM: it runs again, with a new pid
     from qkdtwin.sae.lab import DeployedLab
     from qkdtwin.scenario.faults import SUPERVISOR_CONF

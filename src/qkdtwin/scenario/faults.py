@@ -5,13 +5,15 @@
 - ``eve`` / ``eve_off``: the intercept-resend eavesdropper of a QKD link, through
   ``qkdtwin eve``'s mechanism (:func:`qkdtwin.qkd_module.cli.set_eve`, waits for the module's
   confirmation).
-- ``kill`` (SIGKILL; supervisord restarts the program), ``stop``, ``start``, ``restart``: a
-  program of a node's supervisord, with ``supervisorctl`` run inside the node.
+- ``kill`` (SIGKILL; supervisord restarts the program: the fault is done when it runs
+  again), ``stop``, ``start``, ``restart``: a program of a node's supervisord, with
+  ``supervisorctl`` run inside the node.
 """
 
 from __future__ import annotations
 
 import subprocess
+import time
 from typing import Any
 
 from qkdtwin.errors import UserError
@@ -20,6 +22,7 @@ from qkdtwin.scenario.model import Fault
 SUPERVISOR_CONF = "/etc/qkdtwin/supervisord.conf"
 NETNS_PYTHON_FALLBACK = "python3"
 CLAB_PYTHON = "/opt/qkdtwin/venv/bin/python"
+RESTART_WAIT = 60.0  # s for supervisord to restart a killed program
 
 
 def supervisorctl_argv(runtime: str, container: str, python: str, action: str,
@@ -64,20 +67,37 @@ class FaultInjector:
                     "qber": t.get("qber")}
         return self._supervisor(fault)
 
-    def _supervisor(self, fault: Fault) -> dict[str, Any]:
+    def _ctl(self, fault: Fault, action: str) -> tuple[int, str]:
         runtime = self.lab.runtime
         python = (CLAB_PYTHON if runtime == "clab"
                   else str(self.lab.vars.get("qkdtwin_python") or NETNS_PYTHON_FALLBACK))
-        argv = supervisorctl_argv(runtime, self.lab.namespace(fault.node), python,
-                                  fault.action, fault.program or "")
+        argv = supervisorctl_argv(runtime, self.lab.namespace(fault.node), python, action,
+                                  fault.program or "")
         try:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise UserError(f"{' '.join(argv)}: {exc}") from None
-        out = (r.stdout + r.stderr).strip()
+        return r.returncode, (r.stdout + r.stderr).strip()
+
+    def _supervisor(self, fault: Fault) -> dict[str, Any]:
+        start = time.monotonic()
+        code, out = self._ctl(fault, fault.action)
         # supervisorctl exits non-zero on an error but also prints "ERROR" with exit 0 in
         # some versions; treat both as a failure.
-        if r.returncode != 0 or "ERROR" in out:
+        if code != 0 or "ERROR" in out:
             raise UserError(f"supervisorctl {fault.action} {fault.program} on {fault.node} "
-                            f"failed: {out or r.returncode}")
-        return {"node": fault.node, "program": fault.program, "output": out}
+                            f"failed: {out or code}")
+        detail: dict[str, Any] = {"node": fault.node, "program": fault.program, "output": out}
+        if fault.action == "kill":
+            # supervisord restarts it (autorestart); say when it runs again, or that it
+            # does not
+            while True:
+                _, status = self._ctl(fault, "status")
+                if "RUNNING" in status:
+                    detail["running_again_s"] = round(time.monotonic() - start, 2)
+                    break
+                if time.monotonic() - start > RESTART_WAIT:
+                    raise UserError(f"{fault.program} on {fault.node} is not running again "
+                                    f"{RESTART_WAIT:.0f} s after the kill: {status}")
+                time.sleep(0.5)
+        return detail

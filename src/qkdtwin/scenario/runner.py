@@ -200,7 +200,11 @@ class ScenarioRunner:
             try:
                 fr.detail = self.injector.apply(fr.fault)
                 fr.ok = True
-                self.log(f"fault: {fr.fault.describe()} done ({self.now() - fr.applied_s:.1f} s)")
+                extra = ""
+                if isinstance(fr.detail, dict) and "running_again_s" in fr.detail:
+                    extra = f", running again after {fr.detail['running_again_s']:.1f} s"
+                self.log(f"fault: {fr.fault.describe()} done ({self.now() - fr.applied_s:.1f} s"
+                         f"{extra})")
             except UserError as exc:
                 fr.ok, fr.error = False, str(exc)
                 self.log(f"fault: {fr.fault.describe()} FAILED: {exc}")
