@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))  # for tests.infra.labcopy
 from qkdtwin.deploy import REPO_ROOT, SITE_PLAYBOOK, ansible_env, deploy  # noqa: E402
 from qkdtwin.runtime import netns  # noqa: E402
 from qkdtwin.topology import load_lab  # noqa: E402
-from tests.infra.labcopy import copy_lab  # noqa: E402
+from tests.infra.labcopy import copy_lab, lab_lock  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "deploy.json"
 
@@ -94,7 +94,7 @@ def main() -> int:
         print("bench_deploy: needs root (network namespaces)", file=sys.stderr)
         return 2
 
-    with tempfile.TemporaryDirectory(prefix="qkdtwin-bench-") as tmp:
+    with lab_lock("benchstar6"), tempfile.TemporaryDirectory(prefix="qkdtwin-bench-") as tmp:
         playbook = args.playbook.resolve()
         if args.only_roles:
             playbook = _only_roles(playbook, args.only_roles.split(","), Path(tmp))

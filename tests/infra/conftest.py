@@ -19,7 +19,7 @@ import pytest
 import testinfra
 import yaml
 
-from tests.infra.labcopy import copy_lab
+from tests.infra.labcopy import copy_lab, lab_lock
 from tests.infra.netns_backend import register
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,22 +93,23 @@ def deployed_lab(tmp_path_factory) -> DeployedLab:
 
     lines: list[str] = []
     env = os.environ.get(INFRA_LAB_ENV)
-    if env:
-        lab = load_lab(env)
-        owned = not _is_up(lab)
-    else:
-        path = copy_lab(DEFAULT_SOURCE, tmp_path_factory.mktemp("infra"), "infline3", 233)
-        lab = load_lab(path)
-        netns.down(lab, log=lines.append)  # leftovers of an interrupted earlier session
-        owned = True
-    result = None
-    if owned or not inventory_path(lab).exists():
-        result = deploy(lab.path, log=lines.append)
-        if not result.ok:
-            if owned:
-                netns.down(lab, log=lines.append)
-            pytest.fail("deploy failed:\n" + "\n".join(lines[-60:]))
-    inventory = yaml.safe_load(inventory_path(lab).read_text())
-    yield DeployedLab(lab, inventory, result)
-    if owned:
-        netns.down(lab, log=lines.append)
+    with lab_lock(load_lab(env).name if env else "infline3"):
+        if env:
+            lab = load_lab(env)
+            owned = not _is_up(lab)
+        else:
+            path = copy_lab(DEFAULT_SOURCE, tmp_path_factory.mktemp("infra"), "infline3", 233)
+            lab = load_lab(path)
+            netns.down(lab, log=lines.append)  # leftovers of an interrupted earlier session
+            owned = True
+        result = None
+        if owned or not inventory_path(lab).exists():
+            result = deploy(lab.path, log=lines.append)
+            if not result.ok:
+                if owned:
+                    netns.down(lab, log=lines.append)
+                pytest.fail("deploy failed:\n" + "\n".join(lines[-60:]))
+        inventory = yaml.safe_load(inventory_path(lab).read_text())
+        yield DeployedLab(lab, inventory, result)
+        if owned:
+            netns.down(lab, log=lines.append)

@@ -18,7 +18,7 @@ from qkdtwin.cli import main
 from qkdtwin.deploy import deploy
 from qkdtwin.runtime import netns
 from qkdtwin.topology import load_lab
-from tests.infra.labcopy import copy_lab
+from tests.infra.labcopy import copy_lab, lab_lock
 
 pytestmark = [
     pytest.mark.integration,
@@ -41,6 +41,11 @@ def lab_pids(lab) -> dict[str, list[int]]:
 
 
 def test_deploy_twice_repair_fail_and_down(tmp_path, capsys):
+    with lab_lock("depline3"):
+        _deploy_twice_repair_fail_and_down(tmp_path, capsys)
+
+
+def _deploy_twice_repair_fail_and_down(tmp_path, capsys):
     lab = load_lab(copy_lab(LINE3, tmp_path, "depline3", 234))
     netns.down(lab, log=lambda _: None)  # leftovers of an interrupted earlier run
     try:
