@@ -138,7 +138,7 @@ def dec(bob: Api, ids: list[str]) -> dict[str, bytes]:
 
 
 def blocks_done(h: dict) -> int:
-    return h["blocks_ok"] + h["blocks_aborted"] + h["blocks_failed"]
+    return h["blocks_ok"] + h["blocks_aborted"] + h["blocks_failed"] + h["blocks_nokey"]
 
 
 def test_every_link_gives_both_ends_the_same_keys_at_the_model_rate(deployed_lab):  # noqa: F811

@@ -59,6 +59,7 @@ class QkdModule:
         return {"ok": True, "service": "qkd_module", **{k: t[k] for k in (
             "node", "link", "side", "status", "qber", "skr_bps", "realtime_factor",
             "stored_bits", "eve_fraction", "blocks_ok", "blocks_aborted", "blocks_failed",
+            "blocks_nokey",
             "secret_bits_total", "block_pulses", "time_scale")},
                 "sessions": self.engine.sessions, "pulses_total": self.stats.pulses_total,
                 "current_block": self.engine.current_block,

@@ -27,7 +27,8 @@ class LinkStats:
         self.connected_since: float | None = None
         self.blocks_ok = 0
         self.blocks_aborted = 0
-        self.blocks_failed = 0
+        self.blocks_failed = 0      # lost (peer gone) or inconsistent blocks
+        self.blocks_nokey = 0       # finished, but finite-size bounds leave no secret bits
         self.secret_bits_total = 0
         self.pulses_total = 0   # pulses emitted (Alice) or measured (Bob) since start
         self.last_qber: float | None = None
@@ -80,6 +81,8 @@ class LinkStats:
                 self.blocks_ok += 1
             elif outcome == "aborted":
                 self.blocks_aborted += 1
+            elif outcome == "nokey":
+                self.blocks_nokey += 1
             else:
                 self.blocks_failed += 1
             self.secret_bits_total += secret_bits
@@ -123,6 +126,7 @@ class LinkStats:
                 "blocks_ok": self.blocks_ok,
                 "blocks_aborted": self.blocks_aborted,
                 "blocks_failed": self.blocks_failed,
+                "blocks_nokey": self.blocks_nokey,
                 "secret_bits_total": self.secret_bits_total,
                 "last_block": self.last_block,
             }
