@@ -152,7 +152,7 @@ def run_demo(lab_ref: str, *, scenario: Path = DEFAULT_SCENARIO, deploy_lab: boo
     if timeline:
         log(f"timeline: open {timeline[1]} in a browser (image: {timeline[0]})")
     log(f"dashboard: {prog} dashboard {ref} --port 8050   then open http://127.0.0.1:8050/")
-    log(f"tear down: make down   (or: {prog} down {ref})")
+    log(f"tear down: {prog} down {ref}   (or: make down LAB={ref})")
     log(f"demo {'PASSED' if result.ok else 'FAILED'} in {time.monotonic() - m0:.1f} s")
     return 0 if result.ok else 1
 

@@ -67,7 +67,7 @@ def test_demo_runs_paper_fig4(demo):
         assert any(line.startswith(step) for line in lines), step
     assert "pairs: 3/3 with identical keys at both applications (12 keys)" in text
     assert "path km2-km0-km3 (relayed through km0)" in text
-    assert "dashboard:" in text and "tear down:" in text
+    assert "dashboard:" in text and "tear down:" in text and "make down LAB=" in text
     pairs = {p["name"]: p for p in results["pairs"]}
     assert set(pairs) == {"km0-km1", "km2-km3", "km4-km5"}
     assert all(p["passed"] and p["keys_matched"] == 4 for p in pairs.values()), pairs
