@@ -176,18 +176,32 @@ def render_html(tl: Timeline, path: Path, title: str = "") -> Path:
     return path
 
 
+def recording_files(events_path: Path, all_runs: bool = False) -> tuple[list[Path],
+                                                                          list[Path]]:
+    """(event files, telemetry files) of a recording path. A lab's events dir keeps the files
+    of every deploy (one per recorder start, named by UTC start time): by default only the
+    newest run, and the telemetry recorded since it began."""
+    files = event_files(events_path)
+    tdir = events_path / "telemetry" if events_path.is_dir() else None
+    tel = sorted(tdir.glob("*.jsonl")) if tdir is not None and tdir.is_dir() else []
+    if events_path.is_dir() and not all_runs and files:
+        newest = files[-1]
+        files = [newest]
+        tel = [t for t in tel if t.name >= newest.name]
+    return files, tel
+
+
 def timeline_for(events_path: Path, *, sessions: list[str] | None = None,
                  since: float | None = None, until: float | None = None,
                  last: float | None = None, telemetry: bool = True,
-                 elements: list[str] | None = None) -> Timeline:
+                 elements: list[str] | None = None, all_runs: bool = False) -> Timeline:
     """Load a recording (file or events dir) and build its timeline."""
-    skipped: list[str] = []
-    events = load_events(events_path, skipped=skipped)
-    if telemetry:
-        tdir = events_path / "telemetry" if events_path.is_dir() else None
-        if tdir is not None and tdir.is_dir() and list(tdir.glob("*.jsonl")):
-            tel = load_events(tdir, channels=("telemetry",))
-            events = sorted(events + key_available_events(tel), key=lambda e: e.ts)
+    files, tel_files = recording_files(events_path, all_runs)
+    events = [e for f in files for e in load_events(f)]
+    if telemetry and tel_files:
+        tel = [e for f in tel_files for e in load_events(f, channels=("telemetry",))]
+        events += key_available_events(tel)
+    events.sort(key=lambda e: e.ts)
     if not events:
         raise UserError(f"no events recorded in {events_path}")
     if last is not None:
@@ -221,7 +235,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     event_files(events_path)  # a clear error for a wrong path
     tl = timeline_for(events_path, sessions=args.session or None, since=args.since,
                       until=args.until, last=args.last, telemetry=not args.no_telemetry,
-                      elements=_elements(args.element))
+                      elements=_elements(args.element), all_runs=args.all_runs)
     out = Path(args.out)
     title = args.title or f"qkdtwin {name}: event timeline"
     png = render_png(tl, out / "timeline.png", title, log_time=args.log_time)
@@ -247,7 +261,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", required=True,
                    help="writes DIR/timeline.png and DIR/timeline.html")
     p.add_argument("--events", metavar="PATH",
-                   help="a recording file or directory (default: labs/clab-<lab>/events/)")
+                   help="a recording file or directory (default: labs/clab-<lab>/events/, "
+                        "its newest run)")
+    p.add_argument("--all-runs", action="store_true",
+                   help="every recording file of the events dir (default: the newest run)")
     p.add_argument("--session", action="append", metavar="ID",
                    help="only this session (repeatable); alarms stay")
     p.add_argument("--element", action="append", metavar="NAMES",

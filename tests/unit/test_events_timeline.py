@@ -91,6 +91,16 @@ def test_cli_timeline_from_events_and_bad_input(tmp_path, capsys):
     assert "relay hop" in out and "path km0-km1-km2" in out
     assert (tmp_path / "out" / "timeline.png").is_file()
     assert (tmp_path / "out" / "timeline.html").is_file()
+    # an older run in the same dir is left out unless --all-runs
+    old = [json.loads(x) for x in DATA.read_text().splitlines()]
+    for rec in old:
+        rec["payload"]["ts"] -= 86400
+    (d / "20000101T000000.jsonl").write_text("\n".join(json.dumps(x) for x in old) + "\n")
+    assert main(["timeline", "-", "--events", str(d), "--out", str(tmp_path / "o2")]) == 0
+    assert "over 1.2" in capsys.readouterr().out
+    assert main(["timeline", "-", "--events", str(d), "--out", str(tmp_path / "o3"),
+                 "--all-runs"]) == 0
+    assert "over 864" in capsys.readouterr().out
     assert main(["timeline", "-", "--events", str(tmp_path / "nope"), "--out",
                  str(tmp_path)]) == 2
     assert "no recorded events at" in capsys.readouterr().err
@@ -184,6 +194,10 @@ def test_record_cli_on_a_lab_dir(tmp_path, broker, test_ca, monkeypatch, capsys)
               "km1").start()
 
     def publish_later() -> None:
+        # once the recorder has made its file (then connects and subscribes), publish
+        deadline = time.time() + 10
+        while time.time() < deadline and not list((lab.lab_dir / "events").glob("*.jsonl")):
+            time.sleep(0.05)
         time.sleep(1.0)
         for i in range(3):
             pub.event("relay_send", "s1", to_km="km2", n=i)
@@ -191,7 +205,7 @@ def test_record_cli_on_a_lab_dir(tmp_path, broker, test_ca, monkeypatch, capsys)
     t = threading.Thread(target=publish_later)
     t.start()
     try:
-        assert main(["record", "line3", "--duration", "2.5"]) == 0
+        assert main(["record", "line3", "--duration", "4"]) == 0
     finally:
         t.join()
         pub.stop()
