@@ -10,9 +10,11 @@ STAMPS       := .make
 LAB          ?= labs/star6.clab.yml
 PYTEST_ARGS  ?=
 
-# Debian packages: the broker, the tools the netns runtime drives, and the demo's browser.
+# Debian packages: the broker, the tools the netns runtime drives, and the browser the
+# dashboard test drives (never a browser download of a test tool). Docker and debootstrap,
+# needed only by `make images` and its tests, are installed on demand by scripts/docker-up.sh.
 APT_PACKAGES := mosquitto mosquitto-clients nftables iproute2 iputils-ping procps psmisc \
-                openssl ca-certificates
+                openssl ca-certificates chromium chromium-driver
 
 .PHONY: install apt venv collections test unit lint demo down clean help images
 
