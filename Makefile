@@ -19,7 +19,7 @@ APT_PACKAGES := mosquitto mosquitto-clients nftables iproute2 iputils-ping procp
 .PHONY: install apt venv collections test unit lint demo down clean help images
 
 help:
-	@echo "make demo    install, deploy $(LAB), show it working"
+	@echo "make demo    install, deploy $(LAB), run the paper's experiment, draw its timeline"
 	@echo "make test    install, run the whole test suite (needs root)"
 	@echo "make lint    ruff + ansible-lint"
 	@echo "make down    tear the demo lab down"
@@ -62,8 +62,7 @@ images: venv
 	@scripts/build-images.sh
 
 demo: install
-	$(BIN)/qkdtwin deploy $(LAB)
-	$(BIN)/qkdtwin status $(LAB)
+	$(BIN)/qkdtwin demo $(LAB)
 
 down:
 	$(BIN)/qkdtwin down $(LAB)

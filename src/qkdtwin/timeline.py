@@ -176,6 +176,21 @@ def render_html(tl: Timeline, path: Path, title: str = "") -> Path:
     return path
 
 
+def render_markdown(tl: Timeline, path: Path, title: str = "") -> Path:
+    """The events as a message-sequence table (Markdown): one row per event, times in ms
+    from the first one, the element that published it, its kind and details. This is how
+    docs/architecture.md shows a relayed session as it actually happens."""
+    rows = [f"# {title}" if title else "", "",
+            "| t (ms) | element | event | details |", "|---:|---|---|---|"]
+    for m in sorted(tl.markers, key=lambda m: m.t):
+        details = m.label[len(m.kind):].strip() if m.label.startswith(m.kind) else m.label
+        details = details.replace("|", "\\|")
+        rows.append(f"| {m.t * 1000:.0f} | {m.lane} | `{m.kind}` | {details} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows).lstrip() + "\n")
+    return path
+
+
 def recording_files(events_path: Path, all_runs: bool = False) -> tuple[list[Path],
                                                                           list[Path]]:
     """(event files, telemetry files) of a recording path. A lab's events dir keeps the files
@@ -240,6 +255,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     title = args.title or f"qkdtwin {name}: event timeline"
     png = render_png(tl, out / "timeline.png", title, log_time=args.log_time)
     page = render_html(tl, out / "timeline.html", title)
+    table = render_markdown(tl, out / "timeline.md", title)
     counts: dict[str, int] = {}
     for m in tl.markers:
         counts[m.category] = counts.get(m.category, 0) + 1
@@ -250,7 +266,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
         if s.get("path"):
             print(f"  session {sid[:8]} {'→'.join(x or '?' for x in s.get('saes') or [])} "
                   f"path {'-'.join(s['path'])} keys {s['keys']}")
-    print(f"wrote {png}\nwrote {page}")
+    print(f"wrote {png}\nwrote {page}\nwrote {table}")
     return 0
 
 
@@ -259,7 +275,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("lab", metavar="LAB", help="lab name or labs/<lab>.clab.yml ('-' with "
                    "--events)")
     p.add_argument("--out", metavar="DIR", required=True,
-                   help="writes DIR/timeline.png and DIR/timeline.html")
+                   help="writes DIR/timeline.png, DIR/timeline.html and DIR/timeline.md "
+                        "(the message sequence as a table)")
     p.add_argument("--events", metavar="PATH",
                    help="a recording file or directory (default: labs/clab-<lab>/events/, "
                         "its newest run)")

@@ -91,6 +91,10 @@ def test_cli_timeline_from_events_and_bad_input(tmp_path, capsys):
     assert "relay hop" in out and "path km0-km1-km2" in out
     assert (tmp_path / "out" / "timeline.png").is_file()
     assert (tmp_path / "out" / "timeline.html").is_file()
+    table = (tmp_path / "out" / "timeline.md").read_text().splitlines()
+    assert table[2] == "| t (ms) | element | event | details |"
+    assert table[4].startswith("| 0 | km0 | `session_request` |")
+    assert any("`relay_forward`" in row and "| km1 |" in row for row in table)
     # an older run in the same dir is left out unless --all-runs
     old = [json.loads(x) for x in DATA.read_text().splitlines()]
     for rec in old:
