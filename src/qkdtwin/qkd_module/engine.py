@@ -236,13 +236,16 @@ class Alice(Engine):
                     break
             elif now - due > 1.0:
                 t0 += now - due  # we fell behind (CPU): do not catch up in a burst
-            fs_q.send(pack_channel(frame, src.params.eve_fraction))
             slot += n
+            if slot == end:
+                # the records must be in place before Bob can see the block's last frame
+                # (his sift request may arrive right after it)
+                with self._lock:
+                    self._records[first + block] = src.take(slot)
+            fs_q.send(pack_channel(frame, src.params.eve_fraction))
             self.stats.pulses(n)
             if slot == end:
                 bid = first + block
-                with self._lock:
-                    self._records[bid] = src.take(slot)
                 self.store.set_meta("next_block", str(bid + 1))
                 block += 1
                 # Bob is behind (CPU): wait instead of piling up records; the lost time
@@ -276,6 +279,12 @@ class Alice(Engine):
         with self._lock:
             pp = self._pp.get(bid)
             if pp is None:
+                # Bob processes blocks roughly in order: far older ones will never come
+                horizon = bid - 2 * (self.cfg.max_inflight_blocks + self.cfg.max_queued_blocks)
+                for old in [b for b in self._records if b < horizon]:
+                    del self._records[old]
+                for old in [b for b in self._pp if b < horizon]:
+                    del self._pp[old]
                 rec = self._records.pop(bid, None)
                 if rec is None:
                     raise ValueError(f"block {bid} unknown or expired")
