@@ -279,12 +279,11 @@ class Alice(Engine):
         with self._lock:
             pp = self._pp.get(bid)
             if pp is None:
-                # Bob processes blocks roughly in order: far older ones will never come
+                # Bob starts blocks in order (FIFO): records far older than the block he
+                # starts now will never be asked for (in-progress blocks are kept)
                 horizon = bid - 2 * (self.cfg.max_inflight_blocks + self.cfg.max_queued_blocks)
                 for old in [b for b in self._records if b < horizon]:
                     del self._records[old]
-                for old in [b for b in self._pp if b < horizon]:
-                    del self._pp[old]
                 rec = self._records.pop(bid, None)
                 if rec is None:
                     raise ValueError(f"block {bid} unknown or expired")
@@ -325,20 +324,17 @@ class Alice(Engine):
                 self.sync_unsynced()
             except (PeerGone, RemoteError) as exc:
                 return f"peer module unreachable: {exc}"
+            # keys cut earlier whose request failed go first (same IDs at both ends)
+            need = number - min(self.store.synced_count(size), number)
+            if need:
+                if not self.store.carve(need, size):
+                    return "not enough key in the module"
+                try:
+                    self.sync_unsynced()
+                except (PeerGone, RemoteError) as exc:
+                    return f"peer module unreachable (keys kept for later): {exc}"
             got = self.store.take_synced(number, size)
-            if got:
-                return got
-            carved = self.store.carve(number, size)
-            if not carved:
-                return "not enough key in the module"
-            try:
-                self.sync_unsynced()
-            except (PeerGone, RemoteError) as exc:
-                return f"peer module unreachable (keys kept for later): {exc}"
-            out = self.store.take_ids([k for k, _, _ in carved])
-            if out is None:
-                return "key store changed during the request"
-            return [(k, out[k]) for k, _, _ in carved]
+            return got or "key store changed during the request"
 
 
 # -------------------------------------------------------------------------------------- Bob

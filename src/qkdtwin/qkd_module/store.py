@@ -169,6 +169,12 @@ class KeyStore:
         with self._lock:
             self._db.executemany("UPDATE keys SET synced=1 WHERE id=?", [(i,) for i in ids])
 
+    def synced_count(self, size_bytes: int) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM keys WHERE synced=1 AND LENGTH(key)=?",
+                                   (size_bytes,)).fetchone()
+        return int(row[0])
+
     def take_synced(self, number: int, size_bytes: int) -> list[tuple[str, bytes]]:
         """Alice: deliver (delete) up to `number` synced keys of exactly `size_bytes`."""
         with self._lock:
