@@ -34,6 +34,10 @@ class FakeControl:
         self.events: list[dict[str, Any]] = []
         self.confirms: list[tuple[str, str]] = []
         self.paths: dict[str, list[str]] = {}
+        self.configs: dict[tuple[str, str], dict[str, Any]] = {}
+        # km → True: its first session_config is not published (lost, as for a KM that is
+        # not yet subscribed); config_resync still answers
+        self.drop_configs: dict[str, bool] = {}
         self._lock = threading.Lock()
 
     def start(self) -> FakeControl:
@@ -96,6 +100,8 @@ class FakeControl:
         elif kind == "deletion_confirm":
             with self._lock:
                 self.confirms.append((p["km"], sid))
+        elif kind == "config_resync":
+            self._resync(sid, p["km"])
 
     def _config_request(self, p: dict[str, Any]) -> None:
         sid = p["session_id"]
@@ -128,14 +134,26 @@ class FakeControl:
                 role = "source"
             local = first["sae_id"] if i == 0 else first["peer_sae_id"] if i == len(path) - 1 \
                 else None
-            self.bus.publish(topics.km_config(km), {
+            cfg = {
                 "type": "session_config", "session_id": sid, "role": role,
                 "prev_hop": path[i - 1] if i > 0 else None,
                 "next_hop": path[i + 1] if i < len(path) - 1 else None,
                 "priority": prio, "bucket": dict(self.bucket), "timeout_s": self.timeout_s,
                 "local_sae_id": local,
                 "peer_sae_id": first["peer_sae_id"] if i == 0 else first["sae_id"],
-                "user": first["user"], "api": first["api"], "update": False})
+                "user": first["user"], "api": first["api"], "update": False}
+            with self._lock:
+                self.configs[(sid, km)] = cfg
+            if self.drop_configs.get(km):
+                continue  # a test's lost message: the KM never sees it
+            self.bus.publish(topics.km_config(km), cfg)
+
+    def _resync(self, sid: str, km: str) -> None:
+        """Send a KM's config of a live session again (admission's config_resync)."""
+        with self._lock:
+            cfg = self.configs.get((sid, km))
+        if cfg is not None:
+            self.bus.publish(topics.km_config(km), cfg)
 
     def _reject(self, km: str, sid: str, reason: str) -> None:
         with self._lock:

@@ -157,6 +157,8 @@ class AdmissionControl(Element):
             self.close(sid, km, "close_request")
         elif kind == "deletion_confirm":
             self.deletion_confirm(sid, km)
+        elif kind == "config_resync":
+            self.config_resync(sid, km)
         else:
             self.event("message_dropped", sid, reason=f"unknown type {kind!r}", km=km)
 
@@ -367,6 +369,17 @@ class AdmissionControl(Element):
                 self._save(s)
 
     # -- activity, close, deletion --
+
+    def config_resync(self, sid: str, km: str) -> None:
+        """A KM on a live session's path lacks its forwarding entry (its session_config was
+        published while it was down or not yet subscribed): send that KM's entry again."""
+        with self.lock:
+            s = self.sessions.get(sid)
+            if s is None or s["state"] != "active" or km not in (s.get("entries") or {}):
+                self.event("config_resync_ignored", sid, km=km,
+                           reason="no active session with this KM on its path")
+                return
+            self._send_config(s, km, update=False)
 
     def key_request(self, sid: str, km: str) -> None:
         with self.lock:

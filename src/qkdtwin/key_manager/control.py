@@ -2,8 +2,9 @@
 (docs/architecture.md, "MQTT messages").
 
 Out: ``authenticate`` (req/rep on access/in), ``config_request``, ``key_request`` (coalesced:
-at most one per session per second, with the bits summed), ``close_request`` and
-``deletion_confirm`` on admission/in; events on events/<km>; telemetry per link.
+at most one per session per second, with the bits summed), ``close_request``,
+``deletion_confirm`` and ``config_resync`` on admission/in; events on events/<km>;
+telemetry per link.
 In: ``session_config`` on km/<km>/config and ``session_delete`` on km/<km>/delete.
 """
 
@@ -92,6 +93,12 @@ class Control:
         self._publish(topics.ADMISSION_IN, {
             "type": "config_request", "km": self.node, "session_id": session_id, "user": user,
             "sae_id": sae_id, "peer_sae_id": peer_sae_id, "api": api, "qos": qos})
+
+    def config_resync(self, session_id: str) -> None:
+        """Ask admission to send this KM's session_config of a live session again."""
+        self._publish(topics.ADMISSION_IN, {"type": "config_resync", "km": self.node,
+                                            "session_id": session_id})
+        self.event("config_resync", session_id)
 
     def key_request(self, session_id: str, bits: int) -> None:
         with self._lock:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qkdtwin.errors import UserError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS link_keys (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -34,7 +36,8 @@ CREATE TABLE IF NOT EXISTS used_link_keys (
 CREATE TABLE IF NOT EXISTS e2e_keys (
   key_id TEXT NOT NULL,
   session_id TEXT NOT NULL,
-  side TEXT NOT NULL,             -- 'src' ready for the source's application, 'dst' for the peer
+  side TEXT NOT NULL,             -- 'src' ready for the source's application, 'dst' for the peer,
+                                  -- 'pend' at the source: relayed, not yet acknowledged
   idx INTEGER NOT NULL,
   size INTEGER NOT NULL,          -- bits
   master TEXT NOT NULL, slave TEXT NOT NULL,
@@ -48,6 +51,14 @@ CREATE TABLE IF NOT EXISTS delivered (
 CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+# PRAGMA user_version of the schema above. A database without a version (0) was written by
+# KM code before versioning; _migrate brings it up to date in one transaction.
+SCHEMA_VERSION = 1
+
+
+class SchemaError(UserError):
+    """The database was written by a newer KM (or is not a KM database)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,10 @@ class NotFound(LookupError):
     """One or more keys named by ID are not (or no longer) here."""
 
 
+class KeyConflict(ValueError):
+    """A key ID arrived again with a different value."""
+
+
 class WrongOwner(PermissionError):
     """The keys exist but belong to another SAE."""
 
@@ -84,8 +99,29 @@ class KeyStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA secure_delete=ON")  # consumed key bytes are overwritten
-        self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.path} has schema version {version}, this KM knows up to"
+                f" {SCHEMA_VERSION}: it was written by a newer KM; run that version, or move the"
+                " file away to start with empty pools (its undelivered keys are then lost)")
+        if version == SCHEMA_VERSION:
+            return
+        with self.tx() as db:
+            cols = [r[1] for r in db.execute("PRAGMA table_info(used_link_keys)")]
+            if cols and "ts" not in cols:
+                # before version 1 used link-key IDs had no timestamp (pruning needs one):
+                # count the old ones as used now, so that they are kept for a full period
+                db.execute("ALTER TABLE used_link_keys ADD COLUMN ts REAL NOT NULL DEFAULT 0")
+                db.execute("UPDATE used_link_keys SET ts=?", (time.time(),))
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -194,6 +230,54 @@ class KeyStore:
     def put_e2e_keys(self, side: str, keys: list[E2EKey]) -> None:
         with self.tx() as db:
             self.put_e2e(db, side, keys)
+
+    # relays not yet acknowledged: side 'pend' at the source until the destination's ack
+    # moves them to 'src'; a restarted source finds them here and sends them again
+
+    def acknowledge(self, key_ids: list[str]) -> int:
+        """Pending keys the destination acknowledged become ready ('src'); returns how many
+        (0 for keys another attempt acknowledged already)."""
+        with self.tx() as db:
+            return sum(db.execute("UPDATE e2e_keys SET side='src' WHERE key_id=? AND"
+                                  " side='pend'", (k,)).rowcount for k in key_ids)
+
+    def drop_keys(self, key_ids: list[str], side: str) -> None:
+        with self.tx() as db:
+            db.executemany("DELETE FROM e2e_keys WHERE key_id=? AND side=?",
+                           [(k, side) for k in key_ids])
+
+    def pending_sessions(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT DISTINCT session_id FROM e2e_keys WHERE side='pend'")]
+
+    def pending_keys(self, session_id: str, limit: int) -> list[E2EKey]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key_id, idx, size, master, slave, key FROM e2e_keys WHERE"
+                " session_id=? AND side='pend' ORDER BY idx LIMIT ?", (session_id, limit)
+            ).fetchall()
+        return [E2EKey(r[0], session_id, r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def put_received(self, keys: list[E2EKey]) -> int:
+        """Destination side: store relayed keys once. A key already held or already delivered
+        (a retried relay whose acknowledgement was lost) is skipped; returns how many are new.
+        KeyConflict if a held key arrives again with another value."""
+        with self.tx() as db:
+            new = []
+            for k in keys:
+                row = db.execute("SELECT key FROM e2e_keys WHERE key_id=? AND side='dst'",
+                                 (k.key_id,)).fetchone()
+                if row is not None:
+                    if row[0] != k.key:
+                        raise KeyConflict(k.key_id)
+                    continue
+                if db.execute("SELECT 1 FROM delivered WHERE key_id=? AND side='dst'",
+                              (k.key_id,)).fetchone():
+                    continue
+                new.append(k)
+            self.put_e2e(db, "dst", new)
+        return len(new)
 
     def ready_count(self, session_id: str, side: str, size: int | None = None) -> int:
         with self._lock:

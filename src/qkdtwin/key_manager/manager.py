@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import sqlite3
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ from qkdtwin.key_manager.config import KmConfig
 from qkdtwin.key_manager.control import Control, ControlUnavailable
 from qkdtwin.key_manager.forwarding import Entry, ForwardingTable
 from qkdtwin.key_manager.identity import Identity
-from qkdtwin.key_manager.keystore import E2EKey, KeyStore, NotFound, WrongOwner
+from qkdtwin.key_manager.keystore import E2EKey, KeyConflict, KeyStore, NotFound, WrongOwner
 from qkdtwin.key_manager.linkpool import LinkPool
 from qkdtwin.key_manager.metrics import Metrics
 from qkdtwin.key_manager.peers import HttpClient, PeerError
@@ -42,6 +41,8 @@ from qkdtwin.key_manager.token_bucket import TokenBucket
 
 log = logging.getLogger("qkdtwin.key_manager")
 RELAY_BATCH = 512  # end-to-end keys per relay message
+RELAY_RETRY_S = (1.0, 8.0)  # first and longest wait before an unacknowledged relay is resent
+RESYNC_GAP_S = 1.0  # at most one config_resync per session and second
 
 
 class KmError(Exception):
@@ -99,6 +100,11 @@ class KeyManager:
         self._demand_lock = threading.Lock()
         self._ready: dict[str, int] = {}
         self._ready_lock = threading.Lock()
+        # relays in flight per session, and when an unacknowledged one may be sent again
+        self._inflight: dict[str, int] = {}
+        self._retry_at: dict[str, tuple[float, float]] = {}
+        self._relay_lock = threading.Lock()
+        self._resync_at: dict[str, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -110,6 +116,7 @@ class KeyManager:
             pool.start()
         self.control.start(self.on_config, self.on_delete)
         threading.Thread(target=self._housekeeping, daemon=True, name="km-timers").start()
+        threading.Thread(target=self._retry_loop, daemon=True, name="km-relay-retry").start()
         log.info("key manager %s started", self.node,
                  extra={"links": [lc.link for lc in self.cfg.links]})
         return self
@@ -260,6 +267,7 @@ class KeyManager:
             self.store.drop_session_keys(s.session_id)
         else:
             self.store.drop_session_keys(s.session_id, "src")
+            self.store.drop_session_keys(s.session_id, "pend")
         with self._ready_lock:
             self._ready.pop(s.session_id, None)
         with self._arrivals:
@@ -631,7 +639,7 @@ class KeyManager:
 
     def demand(self, caller: str, sid: str, idx: int) -> None:
         """A next hop asks for chunks up to ``idx`` of a stream."""
-        e = self.forwarding.wait(sid, self.cfg.control_timeout_s)
+        e = self._entry(sid)
         if e is None or e.next_hop != caller:
             raise KmError("forbidden", f"{caller} is not the next hop of session {sid}")
         s = self.sessions.get(sid)
@@ -718,36 +726,112 @@ class KeyManager:
             raise KmError("refused", "this KM is not the source of the session")
         with self.store.tx() as db:
             first = self.store.bump(db, f"idx:{s.session_id}", n)
-        keys = []
-        for i in range(n):
-            idx = first + i
-            kid = f"{s.session_id}:{idx}" if s.api == "004" else str(uuid.uuid4())
-            keys.append(E2EKey(kid, s.session_id, idx, size, s.local_sae_id or "",
-                               s.peer_sae_id or "", os.urandom(size // 8)))
+            keys = []
+            for i in range(n):
+                idx = first + i
+                kid = f"{s.session_id}:{idx}" if s.api == "004" else str(uuid.uuid4())
+                keys.append(E2EKey(kid, s.session_id, idx, size, s.local_sae_id or "",
+                                   s.peer_sae_id or "", os.urandom(size // 8)))
+            if e.next_hop is not None:
+                # pending until acknowledged, in the same transaction as the index bump: a
+                # failed relay or a killed KM leaves them here to be sent again, never a gap
+                self.store.put_e2e(db, "pend", keys)
         if e.next_hop is None:
             with self.store.tx() as db:
                 self.store.put_e2e(db, "dst", keys)
                 self.store.put_e2e(db, "src", keys)
             self._ready_add(s, size, n)
             s.peer_km = self.node
-        else:
-            t0 = time.monotonic()
-            header = {"session_id": s.session_id, "source_km": self.node, "api": s.api,
-                      "initiator_sae_id": s.local_sae_id or "",
-                      "target_sae_ids": [s.peer_sae_id or ""]}
-            ack = self._send_hop(header, e.next_hop, keys)
-            self.store.put_e2e_keys("src", keys)
-            self._ready_add(s, size, n)
-            if ack.get("destination_km"):
-                with s.cond:
-                    s.peer_km = ack["destination_km"]
-                    s.cond.notify_all()
-            self.metrics.relay_seconds.observe(time.monotonic() - t0)
-            self.control.event("relay_ack", s.session_id, keys=n, destination_km=s.peer_km,
-                               ms=round((time.monotonic() - t0) * 1000, 2))
+            with self._arrivals:
+                self._arrivals.notify_all()
+            return n
+        try:
+            self._relay(s, e.next_hop, keys)
+        except KmError as exc:
+            if exc.kind == "insufficient" and s.api == "014":
+                # nothing left this KM and ETSI 014 key IDs carry no index: forget them
+                # instead of piling up pending keys while the link pool is short
+                self.store.drop_keys([k.key_id for k in keys], "pend")
+            raise
+        return n
+
+    def _relay(self, s: Session, next_hop: str, keys: list[E2EKey], retry: bool = False
+               ) -> None:
+        """Send pending keys towards the destination; on its acknowledgement they become
+        ready. Every attempt (also a retry) encrypts with fresh link key."""
+        t0 = time.monotonic()
+        header = {"session_id": s.session_id, "source_km": self.node, "api": s.api,
+                  "initiator_sae_id": s.local_sae_id or "",
+                  "target_sae_ids": [s.peer_sae_id or ""]}
+        sid = s.session_id
+        with self._relay_lock:
+            self._inflight[sid] = self._inflight.get(sid, 0) + 1
+        try:
+            ack = self._send_hop(header, next_hop, keys)
+        except KmError:
+            with self._relay_lock:
+                first, _ = self._retry_at.get(sid, (0.0, 0.0))
+                if first == 0.0:  # the first failure: retry after the shortest wait
+                    self._retry_at[sid] = (time.monotonic() + RELAY_RETRY_S[0],
+                                           RELAY_RETRY_S[0])
+            raise
+        finally:
+            with self._relay_lock:
+                self._inflight[sid] -= 1
+                if not self._inflight[sid]:
+                    del self._inflight[sid]
+        if self.store.acknowledge([k.key_id for k in keys]):
+            for size in {k.size for k in keys}:
+                self._ready_add(s, size, sum(1 for k in keys if k.size == size))
+        if ack.get("destination_km"):
+            with s.cond:
+                s.peer_km = ack["destination_km"]
+                s.cond.notify_all()
+        self.metrics.relay_seconds.observe(time.monotonic() - t0)
+        self.control.event("relay_ack", sid, keys=len(keys), destination_km=s.peer_km,
+                           ms=round((time.monotonic() - t0) * 1000, 2), retry=retry)
         with self._arrivals:
             self._arrivals.notify_all()
-        return n
+
+    def _retry_loop(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                self._retry_relays()
+            except Exception:
+                log.exception("relay retry failed")
+
+    def _retry_relays(self) -> None:
+        """Send unacknowledged relays again (after a failed attempt or a restart), with a
+        growing wait per session while its next hop keeps failing."""
+        now = time.monotonic()
+        for sid in self.store.pending_sessions():
+            with self._relay_lock:
+                if self._inflight.get(sid):
+                    continue
+                at, wait = self._retry_at.get(sid, (0.0, RELAY_RETRY_S[0]))
+                if at > now:
+                    continue
+                self._retry_at[sid] = (now + wait, min(wait * 2, RELAY_RETRY_S[1]))
+            s = self.sessions.get(sid)
+            e = self.forwarding.get(sid)
+            if s is None or s.state == TERMINATED:
+                self.store.drop_session_keys(sid, "pend")
+                continue
+            if not s.live or e is None or e.role != "source" or e.next_hop is None:
+                continue
+            keys = self.store.pending_keys(sid, RELAY_BATCH)
+            if not keys:
+                continue
+            try:
+                self._relay(s, e.next_hop, keys, retry=True)
+            except KmError as exc:
+                log.warning("relay retry of %d key(s) failed: %s", len(keys), exc.message,
+                            extra={"session_id": sid})
+                continue
+            with self._relay_lock:
+                self._retry_at.pop(sid, None)
+            log.info("relay retry of %d key(s) acknowledged", len(keys),
+                     extra={"session_id": sid})
 
     def _send_hop(self, header: dict[str, Any], next_hop: str, keys: list[E2EKey]
                   ) -> dict[str, Any]:
@@ -782,7 +866,7 @@ class KeyManager:
         if msg["from_km"] != caller or msg["to_km"] != self.node or pool is None \
                 or pool.lc.peer != caller:
             raise rl.RelayError(403, f"{caller} may not send on link {link} to {self.node}")
-        e = self.forwarding.wait(sid, self.cfg.control_timeout_s)
+        e = self._entry(sid)
         if e is None:
             raise rl.RelayError(409, f"no forwarding entry for session {sid}")
         if e.prev_hop != caller:
@@ -807,14 +891,17 @@ class KeyManager:
                            msg["target_sae_ids"][0], v) for k, v in zip(msg["keys"], values,
                                                                          strict=True)]
             try:
-                self.store.put_e2e_keys("dst", keys)
-            except sqlite3.IntegrityError:
-                raise rl.RelayError(409, "key IDs already present") from None
+                new = self.store.put_received(keys)
+            except KeyConflict as exc:
+                raise rl.RelayError(409, f"key {exc} already present with another value"
+                                    ) from None
             with self._arrivals:
                 self._arrivals.notify_all()
             self.metrics.relay.labels(step="receive").inc()
+            # a retried relay (its acknowledgement was lost): keys already held or delivered
+            # are acknowledged again, never stored or delivered twice
             self.control.event("relay_receive", sid, from_km=caller, keys=len(keys),
-                               source_km=msg["source_km"])
+                               source_km=msg["source_km"], duplicates=len(keys) - new)
             return {"ack": True, "destination_km": self.node,
                     "key_IDs": [{"key_ID": k.key_id} for k in keys]}
         if e.role == "transit" and e.next_hop:
@@ -830,6 +917,25 @@ class KeyManager:
             except KmError as exc:
                 raise rl.RelayError(503, exc.message) from None
         raise rl.RelayError(409, f"{self.node} is the {e.role} of session {sid}")
+
+    def _entry(self, sid: str) -> Entry | None:
+        """The forwarding entry of a session a neighbour names. Unknown here (e.g. its
+        session_config was published while this KM was down or not yet subscribed): ask
+        admission to send it again, and wait for it a while."""
+        e = self.forwarding.get(sid)
+        if e is not None:
+            return e
+        now = time.monotonic()
+        with self._relay_lock:
+            ask = now - self._resync_at.get(sid, -RESYNC_GAP_S) >= RESYNC_GAP_S
+            if ask:
+                if len(self._resync_at) > 1000:
+                    self._resync_at = {k: t for k, t in self._resync_at.items()
+                                       if now - t < RESYNC_GAP_S}
+                self._resync_at[sid] = now
+        if ask:
+            self.control.config_resync(sid)
+        return self.forwarding.wait(sid, self.cfg.control_timeout_s)
 
     def link_keys(self, caller: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("link"), str):
