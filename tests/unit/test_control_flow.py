@@ -235,3 +235,21 @@ def test_events_published_per_step(plane, kms, broker, test_ca):
               "path_computed", "path_assigned", "config_sent", "session_active"):
         assert k in kinds, (k, kinds)
     host.stop()
+
+
+def test_config_resync_resends_a_lost_session_config(plane, kms):
+    """A KM that lost (or never got) its session_config asks with config_resync and gets
+    its entry again; a KM not on the path, or an unknown session, gets nothing."""
+    sid = open_pair(kms, "km2", "sae-2", "km3", "sae-3", "research", plane["admission"])
+    first = wait_for(lambda: kms["km0"].config_for(sid))
+    with kms["km0"]._lock:
+        kms["km0"].table.pop(sid)
+    for km, s in (("km0", sid), ("km1", sid), ("km1", "no-such-session")):
+        kms[km].bus.publish(bus.ADMISSION_IN, {"type": "config_resync", "km": km,
+                                               "session_id": s})
+    again = wait_for(lambda: kms["km0"].config_for(sid))
+    assert {k: again[k] for k in ("role", "prev_hop", "next_hop", "update")} == \
+        {k: first[k] for k in ("role", "prev_hop", "next_hop", "update")}
+    assert again["role"] == "transit"
+    time.sleep(0.5)
+    assert kms["km1"].configs == []
