@@ -233,8 +233,8 @@ def test_eve_raises_the_published_qber_and_stops_key(deployed_lab, capsys):  # n
         wait_for(lambda: (lambda h: h["oldest_open_block"] > attacked
                           and h["pending_blocks"] == 0)(a.health()), 120, "older blocks done")
         made = a.health()["secret_bits_total"], b.health()["secret_bits_total"]
-        wait_for(lambda: [t for t in list(seen)[-4:] if t["skr_bps"] == 0], 60,
-                 "telemetry showing no key")
+        wait_for(lambda: [t for t in sorted(list(seen), key=lambda t: t["ts"])[-4:]
+                          if t["skr_bps"] == 0], 60, "telemetry showing no key")
         ha, hb = a.health(), b.health()
         assert (ha["secret_bits_total"], hb["secret_bits_total"]) == made
         assert ha["last_ok_block"] <= attacked and hb["last_ok_block"] <= attacked
