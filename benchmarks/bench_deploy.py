@@ -2,7 +2,9 @@
 """Time `qkdtwin deploy` of the star6 lab; write benchmarks/results/deploy.json.
 
 Runs on a renamed copy of labs/star6 (`benchstar6`, mgmt subnet 172.31.236.0/24, artefacts
-in a temp dir) so that it never disturbs a lab deployed from labs/:
+in a temp dir) so that it never disturbs a lab deployed from labs/.
+
+By default the whole playbooks/site.yml (every role) is timed:
 
 - first:      deploy of a lab that does not exist yet (namespaces, PKI, everything);
 - warm:       deploy of the deployed lab again (must change nothing), --runs times; the
@@ -49,7 +51,9 @@ def timed_deploy(path: Path, playbook: Path) -> dict:
         raise SystemExit("deploy failed:\n" + "\n".join(lines[-40:]))
     return {"seconds": round(result.seconds, 2),
             "playbook_seconds": round(result.playbook.seconds, 2),
-            "changed": result.playbook.changed}
+            "changed": result.playbook.changed,
+            # the machine is shared: the 1-minute load average right after the run
+            "loadavg_1min_after": round(os.getloadavg()[0], 2)}
 
 
 def baseline(inventory: Path) -> float:
@@ -62,7 +66,20 @@ def baseline(inventory: Path) -> float:
 
 
 def _play_roles(play: dict) -> list[str]:
-    return [r["role"] if isinstance(r, dict) else r for r in play.get("roles", [])]
+    """The roles of a play: its `roles:` and the group -> role list `qkdtwin_rollout` that
+    site.yml's services play includes."""
+    roles = [r["role"] if isinstance(r, dict) else r for r in play.get("roles", [])]
+    return roles + [r["role"] for r in (play.get("vars") or {}).get("qkdtwin_rollout", [])]
+
+
+def _keep_roles(play: dict, roles: list[str]) -> dict:
+    play = dict(play)
+    play["roles"] = [r for r in play.get("roles", [])
+                     if (r["role"] if isinstance(r, dict) else r) in roles]
+    if "qkdtwin_rollout" in (play.get("vars") or {}):
+        play["vars"] = dict(play["vars"], qkdtwin_rollout=[
+            r for r in play["vars"]["qkdtwin_rollout"] if r["role"] in roles])
+    return play
 
 
 def _roles(playbook: Path) -> list[str]:
@@ -71,7 +88,7 @@ def _roles(playbook: Path) -> list[str]:
 
 
 def _only_roles(playbook: Path, roles: list[str], directory: Path) -> Path:
-    plays = [p for p in yaml.safe_load(playbook.read_text()) or []
+    plays = [_keep_roles(p, roles) for p in yaml.safe_load(playbook.read_text()) or []
              if set(_play_roles(p)) & set(roles)]
     if not plays:
         raise SystemExit(f"no play of {playbook} runs any of {roles}")
