@@ -8,7 +8,8 @@ event timeline, and say how to open the dashboard and how to tear the lab down.
 
 Progress lines all the way (the deploy prints one line per Ansible task). Writes
 ``labs/clab-<lab>/timeline/timeline.{png,html}`` and the time from the demo's start to the
-first key of every pair to ``benchmarks/results/demo.json``. Exit 0 when every pair got
+first key of every pair to ``labs/clab-<lab>/demo.json`` (``--results
+benchmarks/results/demo.json`` records a benchmark figure). Exit 0 when every pair got
 identical keys, 1 otherwise, 2 for bad input.
 """
 
@@ -31,7 +32,7 @@ from qkdtwin.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCENARIO = REPO_ROOT / "scenarios" / "paper-fig4.yml"
-DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results" / "demo.json"
+DEFAULT_RESULTS = "lab"  # labs/clab-<lab>/demo.json: a demo leaves the work tree clean
 Log = Callable[[str], None]
 
 
@@ -91,7 +92,7 @@ def _rel(p: Path) -> str:
 
 
 def run_demo(lab_ref: str, *, scenario: Path = DEFAULT_SCENARIO, deploy_lab: bool = True,
-             results: Path | None = DEFAULT_RESULTS, key_timeout: float = 300.0,
+             results: Path | str | None = DEFAULT_RESULTS, key_timeout: float = 300.0,
              log: Log = print) -> int:
     from qkdtwin.sae.lab import DeployedLab
     from qkdtwin.scenario import cli as scenario_cli
@@ -143,7 +144,10 @@ def run_demo(lab_ref: str, *, scenario: Path = DEFAULT_SCENARIO, deploy_lab: boo
     summary = _summary(result, t_start)
     for line in summary["lines"]:
         log(line)
+    if results == DEFAULT_RESULTS:
+        results = lab.lab_dir / "demo.json"
     if results is not None:
+        results = Path(results)
         _write_results(results, lab.name, t_start, deploy_s, wait_s, result, summary,
                        time.monotonic() - m0)
         log(f"  time to first key per pair written to {_rel(results)}")
@@ -213,7 +217,7 @@ def _write_results(path: Path, lab: str, t_start: float, deploy_s: float | None,
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    results = Path(args.results) if args.results else None
+    results = args.results or None
     return run_demo(args.lab, scenario=Path(args.scenario), deploy_lab=not args.no_deploy,
                     results=results, key_timeout=args.key_timeout,
                     log=lambda line: print(line, flush=True))
@@ -228,8 +232,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="scenario to run (default: scenarios/paper-fig4.yml)")
     p.add_argument("--no-deploy", action="store_true",
                    help="use the lab as deployed (skip `qkdtwin deploy`)")
-    p.add_argument("--results", metavar="PATH", default=str(DEFAULT_RESULTS),
-                   help="where to write the timings (default benchmarks/results/demo.json; "
+    p.add_argument("--results", metavar="PATH", default=DEFAULT_RESULTS,
+                   help="where to write the timings (default labs/clab-<lab>/demo.json; "
                         "'' for nowhere)")
     p.add_argument("--key-timeout", type=float, default=300.0, metavar="S",
                    help="how long to wait for key on every QKD link (default 300 s)")
