@@ -246,16 +246,20 @@ class KeyStore:
             db.executemany("DELETE FROM e2e_keys WHERE key_id=? AND side=?",
                            [(k, side) for k in key_ids])
 
-    def pending_sessions(self) -> list[str]:
+    def pending_sessions(self, older_than: float | None = None) -> list[str]:
+        """Sessions with pending keys (created before ``older_than``, epoch s, if given)."""
         with self._lock:
             return [r[0] for r in self._db.execute(
-                "SELECT DISTINCT session_id FROM e2e_keys WHERE side='pend'")]
+                "SELECT DISTINCT session_id FROM e2e_keys WHERE side='pend' AND created < ?",
+                (time.time() + 1 if older_than is None else older_than,))]
 
-    def pending_keys(self, session_id: str, limit: int) -> list[E2EKey]:
+    def pending_keys(self, session_id: str, limit: int, older_than: float | None = None
+                     ) -> list[E2EKey]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT key_id, idx, size, master, slave, key FROM e2e_keys WHERE"
-                " session_id=? AND side='pend' ORDER BY idx LIMIT ?", (session_id, limit)
+                " session_id=? AND side='pend' AND created < ? ORDER BY idx LIMIT ?",
+                (session_id, time.time() + 1 if older_than is None else older_than, limit)
             ).fetchall()
         return [E2EKey(r[0], session_id, r[1], r[2], r[3], r[4], r[5]) for r in rows]
 

@@ -794,7 +794,7 @@ class KeyManager:
             self._arrivals.notify_all()
 
     def _retry_loop(self) -> None:
-        while not self._stop.wait(0.25):
+        while not self._stop.wait(0.5):
             try:
                 self._retry_relays()
             except Exception:
@@ -804,7 +804,9 @@ class KeyManager:
         """Send unacknowledged relays again (after a failed attempt or a restart), with a
         growing wait per session while its next hop keeps failing."""
         now = time.monotonic()
-        for sid in self.store.pending_sessions():
+        # keys younger than the first wait may still be on their first attempt
+        born_before = time.time() - RELAY_RETRY_S[0]
+        for sid in self.store.pending_sessions(born_before):
             with self._relay_lock:
                 if self._inflight.get(sid):
                     continue
@@ -819,7 +821,7 @@ class KeyManager:
                 continue
             if not s.live or e is None or e.role != "source" or e.next_hop is None:
                 continue
-            keys = self.store.pending_keys(sid, RELAY_BATCH)
+            keys = self.store.pending_keys(sid, RELAY_BATCH, born_before)
             if not keys:
                 continue
             try:
