@@ -124,8 +124,9 @@ def test_lost_session_config_is_resent_on_demand(lab):
         _same_keys_both_ends(lab, sid, 0, 3)
     finally:
         ctl.drop_configs.pop("km1", None)
-    asks = [p for p in ctl.of_type("config_resync") if p["session_id"] == sid]
-    assert asks and {p["km"] for p in asks} == {"km1"}
+    # km1 asked (km2 may ask too: on a busy machine a relay can beat its own config)
+    asks = {p["km"] for p in ctl.of_type("config_resync") if p["session_id"] == sid}
+    assert "km1" in asks and asks <= {"km1", "km2"}
 
 
 def test_lost_relay_ack_resent_after_restart_without_duplicates(lab):
