@@ -773,7 +773,7 @@ class KeyManager:
                 first, _ = self._retry_at.get(sid, (0.0, 0.0))
                 if first == 0.0:  # the first failure: retry after the shortest wait
                     self._retry_at[sid] = (time.monotonic() + RELAY_RETRY_S[0],
-                                           RELAY_RETRY_S[0])
+                                           min(RELAY_RETRY_S[0] * 2, RELAY_RETRY_S[1]))
             raise
         finally:
             with self._relay_lock:
