@@ -75,12 +75,19 @@ def open_pair(lab, a_km, a, b_km, b, **qos):
     return sid
 
 
-def keys(lab, km, sae, sid, indexes):
+def keys(lab, km, sae, sid, indexes, patience_s=20.0):
+    """GET_KEY each index; status 2 (no key yet: the relay is still under way after the
+    short QoS timeout) is asked again, as an application would, for up to ``patience_s``."""
     out = []
     for i in indexes:
-        r = lab["saes"][sae].post(f"{lab['cluster'].url(km)}/api/v1/qkd004/get_key",
-                                  json={"key_stream_id": sid, "index": i}, timeout=10)
-        body = r.json()
+        deadline = time.monotonic() + patience_s
+        while True:
+            r = lab["saes"][sae].post(f"{lab['cluster'].url(km)}/api/v1/qkd004/get_key",
+                                      json={"key_stream_id": sid, "index": i}, timeout=10)
+            body = r.json()
+            if body["status"] != 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert body["status"] == 0, body
         out.append(body["key_buffer"])
     return out
