@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.broker import TestBroker
+from tests.support.deployed import deployed_lab  # noqa: F401 (one deployed lab per session)
 from tests.support.pki import TestCA
 
 

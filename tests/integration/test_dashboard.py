@@ -169,7 +169,7 @@ def test_dashboard_on_deployed_star6(page, tmp_path):
     from qkdtwin.sae.client import SaeClient
     from qkdtwin.sae.lab import DeployedLab
     from qkdtwin.topology import load_lab
-    from tests.infra.conftest import copy_lab
+    from tests.infra.labcopy import copy_lab
 
     lab = load_lab(copy_lab(ROOT / "labs" / "star6.clab.yml", tmp_path, "dash6", 237))
     netns.down(lab, log=lambda _: None)  # leftovers of an interrupted run

@@ -1,5 +1,5 @@
 """QKD modules in a deployed lab (line3, deployed once per session by the `deployed_lab`
-fixture of tests/infra/conftest.py): both ends of every link hand out the same keys under
+fixture of tests/support/deployed.py): both ends of every link hand out the same keys under
 the same IDs through ETSI 014, at the rate the model predicts for the link, and switching
 Eve on (`qkdtwin eve`) raises the published QBER and stops key production.
 
@@ -34,7 +34,6 @@ from qkdtwin.control.cli import lab_connection
 from qkdtwin.qkd_module.config import block_pulses
 from qkdtwin.qkd_module.predict import block_prediction
 from qkdtwin.quantum.params import LinkParams
-from tests.infra.conftest import deployed_lab  # noqa: F401 (the shared session fixture)
 
 pytestmark = [
     pytest.mark.integration,
@@ -141,7 +140,7 @@ def blocks_done(h: dict) -> int:
     return h["blocks_ok"] + h["blocks_aborted"] + h["blocks_failed"] + h["blocks_nokey"]
 
 
-def test_every_link_gives_both_ends_the_same_keys_at_the_model_rate(deployed_lab):  # noqa: F811
+def test_every_link_gives_both_ends_the_same_keys_at_the_model_rate(deployed_lab):
     with key_managers_paused(deployed_lab):
         measure_links(deployed_lab)
 
@@ -196,7 +195,7 @@ def measure_links(lab) -> None:
     print("\n".join(report))
 
 
-def test_eve_raises_the_published_qber_and_stops_key(deployed_lab, capsys):  # noqa: F811
+def test_eve_raises_the_published_qber_and_stops_key(deployed_lab, capsys):
     lab = deployed_lab
     link = next(lk for lk in lab.all_vars["qkdtwin_qkd_links"] if lk["id"] == "km0-km1")
     a, b = link_apis(lab, link)
