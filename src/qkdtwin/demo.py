@@ -116,6 +116,10 @@ def run_demo(lab_ref: str, *, scenario: Path = DEFAULT_SCENARIO, deploy_lab: boo
             raise UserError(f"deploying {topo.name} failed (hosts: {failed})")
         deploy_s = res.seconds
         log(f"  lab {topo.name} deployed in {res.seconds:.1f} s")
+        from qkdtwin.runtime import netns
+
+        for line in netns.format_status(netns.status(topo)).splitlines():  # nodes, addresses
+            log(f"  {line}")
     else:
         log(f"[1/{steps}] lab {topo.name}: using the deployed lab (--no-deploy)")
     lab = DeployedLab.load(lab_ref)
