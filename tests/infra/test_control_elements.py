@@ -50,7 +50,22 @@ def test_every_element_runs_and_is_healthy(deployed_lab):
             assert "qkdtwin_control_messages" in host.check_output(
                 f"curl -sf http://127.0.0.1:{port}/metrics")
         health = json.loads(out)
+        # a rollout ends when every program runs; the broker, started on its own node in
+        # parallel, may take a moment more to be connected: give it a bounded wait
+        deadline = time.monotonic() + 60
+        while not (health["ok"] and health["broker_connected"]) and time.monotonic() < deadline:
+            time.sleep(1)
+            health = json.loads(_health(deployed_lab, host, role, node, port))
         assert health["ok"] and health["broker_connected"], (node, health)
+
+
+def _health(lab, host, role: str, node: str, port: int) -> str:
+    if role == "sdn":
+        mgmt = lab.hostvars(node)["qkdtwin_mgmt_ipv4"]
+        return host.check_output(
+            f"curl -sf --cacert /etc/qkdtwin/tls/ca.crt --cert /etc/qkdtwin/tls/node.crt "
+            f"--key /etc/qkdtwin/tls/node.key https://{mgmt}:{port}/healthz")
+    return host.check_output(f"curl -sf http://127.0.0.1:{port}/healthz")
 
 
 def test_routing_knows_the_lab_topology(deployed_lab):
