@@ -31,8 +31,8 @@ def test_every_element_runs_and_is_healthy(deployed_lab):
     for role, node in pairs:
         module, port = ELEMENTS[role]
         host = deployed_lab.host(node)
-        status = host.check_output(SUPERVISORCTL.format(python=python)
-                                   + f" status qkdtwin-{module}")
+        status = _program_status(host, SUPERVISORCTL.format(python=python)
+                                 + f" status qkdtwin-{module}")
         assert "RUNNING" in status, status
         cfg = host.file(f"/etc/qkdtwin/{module}.yml")
         assert cfg.is_file and f"element: {node}" in cfg.content_string
@@ -57,6 +57,17 @@ def test_every_element_runs_and_is_healthy(deployed_lab):
             time.sleep(1)
             health = json.loads(_health(deployed_lab, host, role, node, port))
         assert health["ok"] and health["broker_connected"], (node, health)
+
+
+def _program_status(host, command: str, timeout: float = 60.0) -> str:
+    """supervisorctl's status line, waiting (bounded) for RUNNING: a program restarted late
+    in a parallel rollout is briefly STARTING."""
+    deadline = time.monotonic() + timeout
+    status = host.run(command).stdout
+    while "RUNNING" not in status and time.monotonic() < deadline:
+        time.sleep(1)
+        status = host.run(command).stdout
+    return status
 
 
 def _health(lab, host, role: str, node: str, port: int) -> str:
