@@ -11,9 +11,7 @@ import uuid
 
 import pytest
 
-from qkdtwin.bus import BrokerConfig
-from tests.support.fake_control import FakeControl
-from tests.support.km_cluster import KmCluster, sae_session
+from tests.support.km_cluster import km_lab
 
 pytestmark = pytest.mark.integration
 
@@ -26,24 +24,9 @@ LINKS = [("km0", "km1"), ("km1", "km2")]
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, test_ca):
-    from tests.support.broker import TestBroker
     d = tmp_path_factory.mktemp("kmrecovery")
-    broker = TestBroker(d / "broker", test_ca).start()
-    ctl = cluster = None
-    try:
-        ident = test_ca.issue("ctl", ou="node")
-        ctl = FakeControl(BrokerConfig("127.0.0.1", broker.port, test_ca.ca, ident.cert,
-                                       ident.key), USERS, LINKS).start()
-        cluster = KmCluster(d, test_ca, broker.port, LINKS, extra={"request_wait_s": 2.0})
-        cluster.start()
-        saes = {s: sae_session(test_ca, s, u["user"]) for s, u in USERS.items()}
-        yield {"cluster": cluster, "ctl": ctl, "saes": saes, "dir": d}
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        if ctl is not None:
-            ctl.stop()
-        broker.stop()
+    with km_lab(d, test_ca, USERS, LINKS, extra={"request_wait_s": 2.0}) as lab:
+        yield lab
 
 
 def _get(lab, sae: str, node: str, sid: str, index: int | None = None) -> dict:

@@ -8,10 +8,8 @@ import time
 
 import pytest
 
-from qkdtwin.bus import BrokerConfig
 from qkdtwin.key_manager.sessions import session_id_014
-from tests.support.fake_control import FakeControl
-from tests.support.km_cluster import KmCluster, sae_session
+from tests.support.km_cluster import km_lab
 
 pytestmark = pytest.mark.integration
 
@@ -26,27 +24,11 @@ LINKS = [("km0", "km1"), ("km1", "km2"), ("km0", "km2")]
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, test_ca):
-    from tests.support.broker import TestBroker
     d = tmp_path_factory.mktemp("triangle")
-    broker = TestBroker(d / "broker", test_ca).start()
-    ctl = cluster = None
-    try:
-        ident = test_ca.issue("ctl", ou="node")
-        ctl = FakeControl(BrokerConfig("127.0.0.1", broker.port, test_ca.ca, ident.cert, ident.key),
-                          USERS, LINKS).start()
-        cluster = KmCluster(d, test_ca, broker.port, LINKS, rates={"km0-km1": 100.0},
-                            extra={"prefetch_keys": 0, "request_wait_s": 30},
-                            per_km={"km0": {"pool": {"low_keys": 40, "batch": 20,
-                                                      "max_keys": 40}}})
-        cluster.start()
-        saes = {s: sae_session(test_ca, s, u["user"]) for s, u in USERS.items()}
-        yield {"cluster": cluster, "ctl": ctl, "saes": saes}
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        if ctl is not None:
-            ctl.stop()
-        broker.stop()
+    with km_lab(d, test_ca, USERS, LINKS, rates={"km0-km1": 100.0},
+                extra={"prefetch_keys": 0, "request_wait_s": 30},
+                per_km={"km0": {"pool": {"low_keys": 40, "batch": 20, "max_keys": 40}}}) as lab:
+        yield lab
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ benchmark: ``KmCluster(tmp, ca, broker_port, links=[("km0","km1"), ("km1","km2")
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +151,31 @@ def sae_session(ca: TestCA, sae: str, user: str) -> requests.Session:
     s.verify = ca.ca
     s.trust_env = False
     return s
+
+
+@contextlib.contextmanager
+def km_lab(directory: Path, ca: TestCA, users: dict, links: list[tuple[str, str]],
+           **cluster_kwargs: Any) -> Iterator[dict[str, Any]]:
+    """A real Mosquitto, the stand-in control plane and a KmCluster on ``links``, with an
+    mTLS session per application of ``users``: what the KM integration tests share.
+    Yields {cluster, ctl, saes, ca, dir}; stops everything it started."""
+    from qkdtwin.bus import BrokerConfig
+    from tests.support.broker import TestBroker
+    from tests.support.fake_control import FakeControl
+
+    broker = TestBroker(directory / "broker", ca).start()
+    ctl = cluster = None
+    try:
+        ident = ca.issue("ctl", ou="node")
+        ctl = FakeControl(BrokerConfig("127.0.0.1", broker.port, ca.ca, ident.cert, ident.key),
+                          users, links).start()
+        cluster = KmCluster(directory, ca, broker.port, links, **cluster_kwargs)
+        cluster.start()
+        saes = {s: sae_session(ca, s, u["user"]) for s, u in users.items()}
+        yield {"cluster": cluster, "ctl": ctl, "saes": saes, "ca": ca, "dir": directory}
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        if ctl is not None:
+            ctl.stop()
+        broker.stop()
