@@ -1,7 +1,8 @@
-"""testinfra checks of the control elements of a deployed lab (roles sdn_controller,
-access_control, routing_element, admission_control, monitoring): running under the node's
-supervisord, healthy, configured for this node, and working together over the lab's broker
-with the lab's certificates and ACLs."""
+"""testinfra checks of the control elements (roles sdn_controller, access_control,
+routing_element, admission_control, monitoring): running under the node's supervisord,
+healthy, configured for this node, and working together over the lab's broker with the lab's
+certificates and ACLs. On star6 (`deployed_star6`), where each element has its own node, and
+on line3 (`deployed_lab`), where one node `ctl` runs all five."""
 
 from __future__ import annotations
 
@@ -24,7 +25,17 @@ def element_nodes(lab):
     return [(role, node) for role in ELEMENTS for node in lab.nodes_with_role(role)]
 
 
-def test_every_element_runs_and_is_healthy(deployed_lab):
+def test_every_element_runs_on_its_own_star6_node(deployed_star6):
+    assert len({n for _, n in element_nodes(deployed_star6)}) == len(ELEMENTS)
+    check_elements(deployed_star6)
+
+
+def test_every_element_runs_on_the_line3_ctl_node(deployed_lab):
+    assert {n for _, n in element_nodes(deployed_lab)} == {"ctl"}
+    check_elements(deployed_lab)
+
+
+def check_elements(deployed_lab) -> None:
     python = deployed_lab.all_vars["qkdtwin_python"]
     pairs = element_nodes(deployed_lab)
     assert {r for r, _ in pairs} == set(ELEMENTS), "the lab has every control role"
@@ -79,11 +90,11 @@ def _health(lab, host, role: str, node: str, port: int) -> str:
     return host.check_output(f"curl -sf http://127.0.0.1:{port}/healthz")
 
 
-def test_routing_knows_the_lab_topology(deployed_lab):
-    node = deployed_lab.nodes_with_role("routing")[0]
-    health = json.loads(deployed_lab.host(node).check_output(
+def test_routing_knows_the_star6_topology(deployed_star6):
+    node = deployed_star6.nodes_with_role("routing")[0]
+    health = json.loads(deployed_star6.host(node).check_output(
         "curl -sf http://127.0.0.1:9103/healthz"))
-    assert health["links"] == len(deployed_lab.all_vars["qkdtwin_qkd_links"])
+    assert health["links"] == len(deployed_star6.all_vars["qkdtwin_qkd_links"]) == 6
 
 
 def _admission_sessions(lab) -> dict:

@@ -1,11 +1,12 @@
-"""Scenarios on a deployed copy of labs/star6 (`scen6`, mgmt 172.31.241.0/24): `qkdtwin demo`
-deploys it and runs scenarios/paper-fig4.yml (three pairs in parallel, km2-km3 relayed
-through km0, identical keys at both applications, timeline files, timings); then the fault
-scenarios: a link cut during a session (link-cut.yml) and a KM killed on the relay node,
-Eve on a link and a refused application (faults-mix.yml).
+"""Scenarios on the session's deployed copy of labs/star6 (`deployed_star6`,
+tests/support/deployed.py): `qkdtwin demo --no-deploy` runs scenarios/paper-fig4.yml (three
+pairs in parallel, km2-km3 relayed through km0, identical keys at both applications,
+timeline files, timings); then the fault scenarios: a link cut during a session
+(link-cut.yml) and a KM killed on the relay node, Eve on a link and a refused application
+(faults-mix.yml).
 
-QKDTWIN_SCENARIO_LAB=labs/<lab>.clab.yml runs them on a lab that is already deployed (left
-as found) instead of deploying the copy.
+(`qkdtwin demo` with its deploy step is what `make demo` runs: tests/integration/test_deploy.py
+covers the deploy.)
 """
 
 from __future__ import annotations
@@ -27,42 +28,28 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "scenarios"
-LAB_ENV = "QKDTWIN_SCENARIO_LAB"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo run on a fresh copy of star6: (lab path, exit code, output lines, results)."""
+def demo(deployed_star6, tmp_path_factory):
+    """`qkdtwin demo --no-deploy` on the session's deployed star6 (tests/support/deployed.py):
+    (lab, exit code, output lines, results)."""
     from qkdtwin.demo import run_demo
-    from qkdtwin.runtime import netns
-    from qkdtwin.topology import load_lab
-    from tests.infra.labcopy import copy_lab
 
+    lab = deployed_star6.lab
     d = tmp_path_factory.mktemp("scenario")
-    env = os.environ.get(LAB_ENV)
-    if env:
-        lab = load_lab(env)
-        owned = False
-    else:
-        lab = load_lab(copy_lab(ROOT / "labs" / "star6.clab.yml", d, "scen6", 241))
-        netns.down(lab, log=lambda _: None)  # leftovers of an interrupted run
-        owned = True
     lines: list[str] = []
     results = d / "demo.json"
-    try:
-        rc = run_demo(str(lab.path), deploy_lab=owned, results=results, log=lines.append)
-        (d / "demo.log").write_text("\n".join(lines) + "\n")  # to read after the run
-        yield lab, rc, lines, json.loads(results.read_text()) if results.exists() else None
-    finally:
-        if owned:
-            netns.down(lab, log=lambda _: None)
+    rc = run_demo(str(lab.path), deploy_lab=False, results=results, log=lines.append)
+    (d / "demo.log").write_text("\n".join(lines) + "\n")  # to read after the run
+    return lab, rc, lines, json.loads(results.read_text()) if results.exists() else None
 
 
 def test_demo_runs_paper_fig4(demo):
     lab, rc, lines, results = demo
     text = "\n".join(lines)
     assert rc == 0, text[-6000:]
-    # progress all the way: the steps, the deploy's task lines, the scenario's pair lines
+    # progress all the way: the steps, the scenario's pair lines
     for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
         assert any(line.startswith(step) for line in lines), step
     assert "pairs: 3/3 with identical keys at both applications (12 keys)" in text
@@ -76,7 +63,8 @@ def test_demo_runs_paper_fig4(demo):
     assert pairs["km4-km5"]["path"][0] == "km4" and pairs["km4-km5"]["path"][-1] == "km5"
     first = [p["first_key_after_demo_start_s"] for p in pairs.values()]
     assert results["first_key_on_every_pair_after_demo_start_s"] == max(first)
-    assert results["deploy_s"] > 0 or os.environ.get(LAB_ENV)
+    assert results["deploy_s"] is None  # --no-deploy
+    assert any("using the deployed lab" in line for line in lines)
     # the paper's experiment, once the links have key, finishes well under a minute
     assert results["scenario_s"] < 60, results
     png = lab.lab_dir / "timeline" / "timeline.png"
