@@ -117,3 +117,39 @@ def test_destination_stores_a_retried_relay_once(tmp_path):
             store.put_received(_keys(1, start=1, value=b"\x06"))
     finally:
         store.close()
+
+
+# the schema of version 1 (routes not recorded: no via columns, no withdrawn table)
+V1_SCHEMA = OLD_SCHEMA.replace(
+    "link TEXT NOT NULL, key_id TEXT NOT NULL, PRIMARY KEY (link, key_id)) WITHOUT ROWID;",
+    "link TEXT NOT NULL, key_id TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY (link, key_id))"
+    " WITHOUT ROWID;")
+
+
+def test_version_1_database_gains_routes_and_withdrawals(tmp_path):
+    path = tmp_path / "km.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    now = time.time()
+    for i, side in ((0, "dst"), (1, "dst"), (2, "src")):
+        db.execute("INSERT INTO e2e_keys VALUES (?,?,?,?,?,?,?,?,?)",
+                   (f"s:{i}", "s", side, i, 256, "a", "b", b"\x07" * 32, now))
+    db.execute("INSERT INTO delivered VALUES ('s:9', 'dst', 's', 'b', ?)", (now,))
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    store = KeyStore(path)
+    try:
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        # keys from before the upgrade have no known route: an alarm withdraws none of them
+        assert store.withdraw_route("km0-km1", "qber_high", now) == []
+        k = store.take_chunk("s", "dst", 0, "b")
+        assert k is not None and k.via == "" and k.key == b"\x07" * 32
+        assert store.was_delivered("s:9", "dst") and store.was_delivered("s:0", "dst")
+        # new keys carry their route; the withdrawn table works
+        store.put_received([E2EKey("s:5", "s", 5, 256, "a", "b", b"\x08" * 32, "|x|km0-km1|")])
+        assert [w.key_id for w in store.withdraw_route("km0-km1", "qber_high", now)] == ["s:5"]
+        assert store.withdrawal("s:5", "dst").link == "km0-km1"
+    finally:
+        store.close()
+    KeyStore(path).close()  # opening again is a no-op

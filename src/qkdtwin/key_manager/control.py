@@ -5,7 +5,8 @@ Out: ``authenticate`` (req/rep on access/in), ``config_request``, ``key_request`
 at most one per session per second, with the bits summed), ``close_request``,
 ``deletion_confirm`` and ``config_resync`` on admission/in; events on events/<km>;
 telemetry per link.
-In: ``session_config`` on km/<km>/config and ``session_delete`` on km/<km>/delete.
+In: ``session_config`` on km/<km>/config, ``session_delete`` on km/<km>/delete, and the
+retained link alarms on alarm/+ (a (re)connected KM gets every link's current state).
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ class Control:
         self._event_gate: dict[tuple[str, str], float] = {}
 
     def start(self, on_config: Callable[[dict[str, Any]], None],
-              on_delete: Callable[[dict[str, Any]], None]) -> Control:
+              on_delete: Callable[[dict[str, Any]], None],
+              on_alarm: Callable[[str, dict[str, Any]], None] | None = None) -> Control:
         if self.bus is not None:
             self.bus.subscribe(topics.km_config(self.node), lambda t, p, m: on_config(p))
             self.bus.subscribe(topics.km_delete(self.node), lambda t, p, m: on_delete(p))
+            if on_alarm is not None:
+                self.bus.subscribe(topics.alarm("+"), lambda t, p, m: on_alarm(t, p))
             self.bus.start(wait=5)
         threading.Thread(target=self._flush_loop, daemon=True, name="key-request").start()
         return self

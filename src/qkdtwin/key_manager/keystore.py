@@ -43,18 +43,28 @@ CREATE TABLE IF NOT EXISTS e2e_keys (
   master TEXT NOT NULL, slave TEXT NOT NULL,
   key BLOB NOT NULL,
   created REAL NOT NULL,
+  via TEXT NOT NULL DEFAULT '',   -- links the key crossed, "|l1|l2|" ('' = none or unknown)
   PRIMARY KEY (key_id, side));
 CREATE INDEX IF NOT EXISTS e2e_keys_take ON e2e_keys (session_id, side, size, idx);
 CREATE TABLE IF NOT EXISTS delivered (
   key_id TEXT NOT NULL, side TEXT NOT NULL, session_id TEXT NOT NULL, sae TEXT NOT NULL,
-  ts REAL NOT NULL, PRIMARY KEY (key_id, side)) WITHOUT ROWID;
+  ts REAL NOT NULL, via TEXT NOT NULL DEFAULT '', PRIMARY KEY (key_id, side)) WITHOUT ROWID;
+-- undelivered keys taken away because their route crossed a link under a QBER alarm
+CREATE TABLE IF NOT EXISTS withdrawn (
+  key_id TEXT NOT NULL, side TEXT NOT NULL, session_id TEXT NOT NULL, idx INTEGER NOT NULL,
+  link TEXT NOT NULL, kind TEXT NOT NULL,
+  since REAL NOT NULL,            -- the alarm's time as this KM knows it
+  ts REAL NOT NULL,               -- when this KM withdrew the key
+  PRIMARY KEY (key_id, side)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS withdrawn_idx ON withdrawn (session_id, side, idx);
 CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 # PRAGMA user_version of the schema above. A database without a version (0) was written by
 # KM code before versioning; _migrate brings it up to date in one transaction.
-SCHEMA_VERSION = 1
+# 1: used_link_keys.ts. 2: e2e_keys.via, delivered.via (route of a key), table withdrawn.
+SCHEMA_VERSION = 2
 
 
 class SchemaError(UserError):
@@ -70,6 +80,29 @@ class E2EKey:
     master: str
     slave: str
     key: bytes
+    via: str = ""  # links crossed, "|l1|l2|" (see via_text)
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    key_id: str
+    side: str
+    session_id: str
+    idx: int
+    size: int
+    link: str
+    kind: str
+    since: float
+
+
+def via_text(route: Iterable[str]) -> str:
+    """A route as stored: "|l1|l2|", so that instr(via, '|L|') finds link L exactly."""
+    route = list(route)
+    return "|" + "|".join(route) + "|" if route else ""
+
+
+def via_route(via: str) -> list[str]:
+    return [x for x in via.split("|") if x]
 
 
 class _NotEnough(Exception):
@@ -118,6 +151,11 @@ class KeyStore:
                 # count the old ones as used now, so that they are kept for a full period
                 db.execute("ALTER TABLE used_link_keys ADD COLUMN ts REAL NOT NULL DEFAULT 0")
                 db.execute("UPDATE used_link_keys SET ts=?", (time.time(),))
+            for table in ("e2e_keys", "delivered"):
+                cols = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+                if cols and "via" not in cols:
+                    # before version 2 routes were not recorded: '' = unknown (never withdrawn)
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN via TEXT NOT NULL DEFAULT ''")
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
@@ -223,9 +261,9 @@ class KeyStore:
         now = time.time()
         db.executemany(
             "INSERT INTO e2e_keys (key_id, session_id, side, idx, size, master, slave, key,"
-            " created) VALUES (?,?,?,?,?,?,?,?,?)",
-            [(k.key_id, k.session_id, side, k.idx, k.size, k.master, k.slave, k.key, now)
-             for k in keys])
+            " created, via) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(k.key_id, k.session_id, side, k.idx, k.size, k.master, k.slave, k.key, now,
+              k.via) for k in keys])
 
     def put_e2e_keys(self, side: str, keys: list[E2EKey]) -> None:
         with self.tx() as db:
@@ -234,12 +272,12 @@ class KeyStore:
     # relays not yet acknowledged: side 'pend' at the source until the destination's ack
     # moves them to 'src'; a restarted source finds them here and sends them again
 
-    def acknowledge(self, key_ids: list[str]) -> int:
-        """Pending keys the destination acknowledged become ready ('src'); returns how many
-        (0 for keys another attempt acknowledged already)."""
+    def acknowledge(self, key_ids: list[str], via: str = "") -> int:
+        """Pending keys the destination acknowledged become ready ('src') with the route they
+        took; returns how many (0 for keys another attempt acknowledged already)."""
         with self.tx() as db:
-            return sum(db.execute("UPDATE e2e_keys SET side='src' WHERE key_id=? AND"
-                                  " side='pend'", (k,)).rowcount for k in key_ids)
+            return sum(db.execute("UPDATE e2e_keys SET side='src', via=? WHERE key_id=? AND"
+                                  " side='pend'", (via, k)).rowcount for k in key_ids)
 
     def drop_keys(self, key_ids: list[str], side: str) -> None:
         with self.tx() as db:
@@ -267,9 +305,19 @@ class KeyStore:
         """Destination side: store relayed keys once. A key already held or already delivered
         (a retried relay whose acknowledgement was lost) is skipped; returns how many are new.
         KeyConflict if a held key arrives again with another value."""
+        return self.receive(keys)[0]
+
+    def receive(self, keys: list[E2EKey]) -> tuple[int, list[Withdrawal]]:
+        """:meth:`put_received` that also skips keys withdrawn here before (a retried relay
+        of a key whose first copy crossed a link under alarm); returns (new, withdrawn)."""
+        gone: list[Withdrawal] = []
         with self.tx() as db:
             new = []
             for k in keys:
+                w = self._withdrawal(db, k.key_id, "dst")
+                if w is not None:
+                    gone.append(w)
+                    continue
                 row = db.execute("SELECT key FROM e2e_keys WHERE key_id=? AND side='dst'",
                                  (k.key_id,)).fetchone()
                 if row is not None:
@@ -281,7 +329,7 @@ class KeyStore:
                     continue
                 new.append(k)
             self.put_e2e(db, "dst", new)
-        return len(new)
+        return len(new), gone
 
     def ready_count(self, session_id: str, side: str, size: int | None = None) -> int:
         with self._lock:
@@ -312,12 +360,13 @@ class KeyStore:
 
     @staticmethod
     def _deliver(db: sqlite3.Connection, session_id: str, side: str, sae: str,
-                 key_ids: list[str]) -> None:
+                 keys: list[E2EKey]) -> None:
         now = time.time()
         db.executemany("DELETE FROM e2e_keys WHERE key_id=? AND side=?",
-                       [(k, side) for k in key_ids])
-        db.executemany("INSERT INTO delivered VALUES (?,?,?,?,?)",
-                       [(k, side, session_id, sae, now) for k in key_ids])
+                       [(k.key_id, side) for k in keys])
+        db.executemany("INSERT INTO delivered (key_id, side, session_id, sae, ts, via)"
+                       " VALUES (?,?,?,?,?,?)",
+                       [(k.key_id, side, session_id, sae, now, k.via) for k in keys])
 
     def take_by_ids(self, master: str, slave: str, key_ids: list[str]) -> list[E2EKey]:
         """ETSI 014 dec_keys: all named keys, made by ``master`` for ``slave``, exactly once.
@@ -330,16 +379,17 @@ class KeyStore:
         with self.tx() as db:
             out = []
             for key_id in key_ids:
-                row = db.execute("SELECT session_id, idx, size, master, slave, key FROM e2e_keys"
-                                 " WHERE key_id=? AND side='dst'", (key_id,)).fetchone()
+                row = db.execute("SELECT session_id, idx, size, master, slave, key, via FROM"
+                                 " e2e_keys WHERE key_id=? AND side='dst'", (key_id,)).fetchone()
                 if row is None:
                     raise NotFound(key_id)
                 if row[4] != slave:
                     raise WrongOwner(key_id)
                 if row[3] != master:
                     raise NotFound(key_id)
-                out.append(E2EKey(key_id, row[0], row[1], row[2], row[3], row[4], row[5]))
-            self._deliver(db, out[0].session_id if out else "", "dst", slave, key_ids)
+                out.append(E2EKey(key_id, row[0], row[1], row[2], row[3], row[4], row[5],
+                                  row[6]))
+            self._deliver(db, out[0].session_id if out else "", "dst", slave, out)
         return out
 
     def owner_of(self, key_id: str) -> tuple[str, str] | None:
@@ -352,13 +402,14 @@ class KeyStore:
     def take_chunk(self, session_id: str, side: str, idx: int, sae: str) -> E2EKey | None:
         """ETSI 004 GET_KEY: the chunk at ``idx`` for this side's application, once."""
         with self.tx() as db:
-            row = db.execute("SELECT key_id, size, master, slave, key FROM e2e_keys WHERE"
+            row = db.execute("SELECT key_id, size, master, slave, key, via FROM e2e_keys WHERE"
                              " session_id=? AND side=? AND idx=?", (session_id, side, idx)
                              ).fetchone()
             if row is None:
                 return None
-            self._deliver(db, session_id, side, sae, [row[0]])
-        return E2EKey(row[0], session_id, idx, row[1], row[2], row[3], row[4])
+            key = E2EKey(row[0], session_id, idx, row[1], row[2], row[3], row[4], row[5])
+            self._deliver(db, session_id, side, sae, [key])
+        return key
 
     def was_delivered(self, key_id: str, side: str) -> bool:
         with self._lock:
@@ -387,11 +438,78 @@ class KeyStore:
         with self.tx() as db:
             n = db.execute("DELETE FROM used_link_keys WHERE ts < ?", (older_than,)).rowcount
             n += db.execute("DELETE FROM delivered WHERE ts < ?", (older_than,)).rowcount
+            n += db.execute("DELETE FROM withdrawn WHERE ts < ?", (older_than,)).rowcount
         return n
 
     def expire_e2e(self, older_than: float) -> int:
         with self.tx() as db:
             return db.execute("DELETE FROM e2e_keys WHERE created < ?", (older_than,)).rowcount
+
+    # -- withdrawal (a link of the key's route is under a QBER alarm) -------------------------
+
+    def withdraw_route(self, link: str, kind: str, since: float) -> list[Withdrawal]:
+        """Take away every undelivered end-to-end key (both sides) whose route crossed
+        ``link``, recording each, in one transaction. Pending keys have no route yet."""
+        with self.tx() as db:
+            rows = db.execute(
+                "DELETE FROM e2e_keys WHERE side IN ('src','dst') AND instr(via, ?) > 0"
+                " RETURNING key_id, side, session_id, idx, size", (f"|{link}|",)).fetchall()
+            out = [Withdrawal(r[0], r[1], r[2], r[3], r[4], link, kind, since) for r in rows]
+            self._record_withdrawn(db, out)
+        return sorted(out, key=lambda w: (w.session_id, w.side, w.idx))
+
+    def withdraw_keys(self, key_ids: list[str], side: str, link: str, kind: str,
+                      since: float) -> list[Withdrawal]:
+        """Take away the named keys of ``side`` (e.g. pending ones whose acknowledgement says
+        they crossed ``link``), recording each."""
+        out = []
+        with self.tx() as db:
+            for k in key_ids:
+                r = db.execute("DELETE FROM e2e_keys WHERE key_id=? AND side=? RETURNING"
+                               " session_id, idx, size", (k, side)).fetchone()
+                if r is not None:
+                    out.append(Withdrawal(k, side, r[0], r[1], r[2], link, kind, since))
+            # recorded under the side the application would have taken it from
+            self._record_withdrawn(db, [Withdrawal(w.key_id, "src" if side == "pend" else side,
+                                                   w.session_id, w.idx, w.size, w.link, w.kind,
+                                                   w.since) for w in out])
+        return out
+
+    @staticmethod
+    def _record_withdrawn(db: sqlite3.Connection, ws: list[Withdrawal]) -> None:
+        now = time.time()
+        db.executemany("INSERT OR REPLACE INTO withdrawn (key_id, side, session_id, idx, link,"
+                       " kind, since, ts) VALUES (?,?,?,?,?,?,?,?)",
+                       [(w.key_id, w.side, w.session_id, w.idx, w.link, w.kind, w.since, now)
+                        for w in ws])
+
+    @staticmethod
+    def _withdrawal(db: sqlite3.Connection, key_id: str, side: str) -> Withdrawal | None:
+        r = db.execute("SELECT session_id, idx, link, kind, since FROM withdrawn WHERE key_id=?"
+                       " AND side=?", (key_id, side)).fetchone()
+        return None if r is None else Withdrawal(key_id, side, r[0], r[1], 0, r[2], r[3], r[4])
+
+    def withdrawal(self, key_id: str, side: str) -> Withdrawal | None:
+        """The record of a key withdrawn on ``side`` ('src'/'dst'), or None."""
+        with self._lock:
+            return self._withdrawal(self._db, key_id, side)
+
+    def next_index(self, session_id: str, side: str, idx: int) -> int:
+        """The first index >= ``idx`` not withdrawn on ``side`` (ETSI 004 next position)."""
+        with self._lock:
+            rows = self._db.execute("SELECT idx FROM withdrawn WHERE session_id=? AND side=? AND"
+                                    " idx >= ? ORDER BY idx", (session_id, side, idx))
+            for (w,) in rows:
+                if w != idx:
+                    break
+                idx += 1
+        return idx
+
+    def withdrawn_indexes(self, session_id: str, side: str) -> list[int]:
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT idx FROM withdrawn WHERE session_id=? AND side=? ORDER BY idx",
+                (session_id, side))]
 
     # -- counters (monotonic, e.g. next chunk index of a stream) ------------------------------
 

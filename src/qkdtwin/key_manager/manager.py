@@ -19,11 +19,20 @@ from typing import Any
 
 from qkdtwin.bus import Bus
 from qkdtwin.key_manager import relay as rl
+from qkdtwin.key_manager.alarms import COMPROMISED, Alarm, BadAlarm, LinkAlarms
 from qkdtwin.key_manager.config import KmConfig
 from qkdtwin.key_manager.control import Control, ControlUnavailable
 from qkdtwin.key_manager.forwarding import Entry, ForwardingTable
 from qkdtwin.key_manager.identity import Identity
-from qkdtwin.key_manager.keystore import E2EKey, KeyConflict, KeyStore, NotFound, WrongOwner
+from qkdtwin.key_manager.keystore import (
+    E2EKey,
+    KeyConflict,
+    KeyStore,
+    NotFound,
+    Withdrawal,
+    WrongOwner,
+    via_text,
+)
 from qkdtwin.key_manager.linkpool import LinkPool
 from qkdtwin.key_manager.metrics import Metrics
 from qkdtwin.key_manager.peers import HttpClient, PeerError
@@ -49,7 +58,7 @@ class KmError(Exception):
     """A refused request. ``kind`` picks the HTTP status / ETSI 004 code in the API layer."""
 
     HTTP = {"bad_request": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404,
-            "conflict": 409, "refused": 400, "unavailable": 503, "rate": 503,
+            "conflict": 409, "gone": 410, "refused": 400, "unavailable": 503, "rate": 503,
             "insufficient": 503}
 
     def __init__(self, kind: str, message: str, details: list[dict[str, Any]] | None = None,
@@ -105,6 +114,7 @@ class KeyManager:
         self._retry_at: dict[str, tuple[float, float]] = {}
         self._relay_lock = threading.Lock()
         self._resync_at: dict[str, float] = {}
+        self.alarms = LinkAlarms()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -114,7 +124,7 @@ class KeyManager:
             sched.start()
         for pool in self.pools.values():
             pool.start()
-        self.control.start(self.on_config, self.on_delete)
+        self.control.start(self.on_config, self.on_delete, self.on_alarm)
         threading.Thread(target=self._housekeeping, daemon=True, name="km-timers").start()
         threading.Thread(target=self._retry_loop, daemon=True, name="km-relay-retry").start()
         log.info("key manager %s started", self.node,
@@ -152,7 +162,7 @@ class KeyManager:
         return {"ok": db, "node": self.node, "db": db, "broker": self.control.connected,
                 "links": {link: {"status": p.status, "pool_bits": p.level_bits()}
                           for link, p in self.pools.items()},
-                "sessions": self.sessions.counts()}
+                "sessions": self.sessions.counts(), "alarms": self.alarms.snapshot()}
 
     # -- state changes -----------------------------------------------------------------------
 
@@ -237,6 +247,8 @@ class KeyManager:
             self.control.event("forwarding_update", sid, role=role, prev_hop=prev_hop,
                                next_hop=next_hop, old_prev_hop=old.prev_hop,
                                old_next_hop=old.next_hop)
+            with self._relay_lock:  # pending relays may go over the new path right away
+                self._retry_at.pop(sid, None)
         if s.state == USER_ACCEPTED:
             self.sessions.transition(s, OPERATIVE)
         else:
@@ -272,6 +284,73 @@ class KeyManager:
             self._ready.pop(s.session_id, None)
         with self._arrivals:
             self._arrivals.notify_all()
+
+    # -- link alarms: quarantine and withdrawal ------------------------------------------------
+
+    def on_alarm(self, topic: str, p: dict[str, Any]) -> None:
+        """A retained ``alarm`` from monitoring (docs/architecture.md, Key Manager)."""
+        try:
+            before, after = self.alarms.apply(topic.rsplit("/", 1)[-1], p)
+        except BadAlarm as exc:
+            log.warning("ignoring alarm: %s", exc, extra={"topic": topic})
+            return
+        link = topic.rsplit("/", 1)[-1]
+        if after is not None and (before is None or before.kind != after.kind):
+            log.warning("%s: no relay over it until it clears", after.describe())
+            self.control.event("link_quarantined", None, link=link, alarm=after.kind,
+                               since=after.since, reason=p.get("reason"))
+        elif after is None and before is not None:
+            log.info("alarm of link %s cleared: relays over it again", link)
+            self.control.event("link_released", None, link=link, alarm="clear",
+                               was=before.kind)
+            with self._relay_lock:  # pending relays waiting for this link: try again soon
+                self._retry_at.clear()
+        if link in self.pools:
+            self.metrics.quarantined.labels(link=link).set(0 if after is None else 1)
+        if after is not None and after.kind in COMPROMISED:
+            # also on a repeated message (e.g. a restarted KM gets the retained alarm): keys
+            # stored before, or while this KM was down, go too
+            self._withdraw(self.store.withdraw_route(link, after.kind, after.since))
+
+    def _withdraw(self, ws: list[Withdrawal]) -> None:
+        """Account for keys the store has just withdrawn: ready counts, metrics, one event
+        per session and side, and a refill of the source's prefetch (over the new path once
+        admission has re-routed the session)."""
+        if not ws:
+            return
+        groups: dict[tuple[str, str, str], list[Withdrawal]] = {}
+        for w in ws:
+            groups.setdefault((w.session_id, w.side, w.link), []).append(w)
+        refill = []
+        for (sid, side, link), g in groups.items():
+            idxs = sorted(w.idx for w in g)
+            s = self.sessions.get(sid)
+            if s is not None and side == "src":
+                for size in {w.size for w in g}:
+                    self._ready_add(s, size, -sum(1 for w in g if w.size == size))
+                refill.append(s)
+            self.metrics.withdrawn.labels(link=link, side=side).inc(len(g))
+            log.warning("withdrew %d undelivered key(s): they crossed link %s (%s)", len(g),
+                        link, g[0].kind, extra={"session_id": sid})
+            self.control.event("keys_withdrawn", sid, link=link, alarm=g[0].kind, side=side,
+                               count=len(g), first_index=idxs[0], last_index=idxs[-1],
+                               indexes=idxs[:64], api=s.api if s else None)
+        with self._arrivals:  # GET_KEY waiting for a withdrawn index: look again
+            self._arrivals.notify_all()
+        for s in refill:
+            self._maybe_prefetch(s)
+
+    def _next_link_alarm(self, s: Session) -> Alarm | None:
+        e = self.forwarding.get(s.session_id)
+        if e is None or e.next_hop is None or e.next_hop not in self.pool_by_peer:
+            return None
+        return self.alarms.get(self.pool_by_peer[e.next_hop].link)
+
+    @staticmethod
+    def _withdrawn_message(what: str, w: Withdrawal) -> str:
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(w.since))
+        return (f"{what} was withdrawn: it crossed link {w.link}, under alarm ({w.kind}) since"
+                f" {since}Z")
 
     # -- establishing a session (AUTHENTICATING → USER_ACCEPTED → OPERATIVE) -------------------
 
@@ -481,8 +560,15 @@ class KeyManager:
             raise KmError("unauthorized", f"SAE {ident.cn} is not the slave SAE these keys"
                           " were made for") from None
         except NotFound:
-            raise KmError("bad_request", "one or more keys specified are not found on KME"
-                          ) from None
+            details = []
+            for k in key_ids:
+                w = self.store.withdrawal(k, "dst")
+                if w is not None:
+                    details.append({"key_ID": k, "withdrawn": True, "link": w.link,
+                                    "alarm": w.kind, "since": w.since,
+                                    "message": self._withdrawn_message(f"key {k}", w)})
+            raise KmError("bad_request", "one or more keys specified are not found on KME",
+                          details) from None
         for sid in {k.session_id for k in keys}:
             s = self.sessions.get(sid)
             if s is not None:
@@ -561,8 +647,27 @@ class KeyManager:
             return {"status": 3, "message": "peer application not yet connected"}
         side = self._side(s, ident.cn)
         pos_name = f"pos:{sid}:{side}"
-        idx = self.store.counter(pos_name) if index is None else index
+        for _ in range(8):  # the next position moves on while its chunk is withdrawn
+            out = self._get_chunk(s, ident, side, pos_name, index, meta_size)
+            if out is not None:
+                return out
+        return {"status": 2, "message": "insufficient key available"}
+
+    def _get_chunk(self, s: Session, ident: Identity, side: str, pos_name: str,
+                   index: int | None, meta_size: int | None) -> dict[str, Any] | None:
+        """One GET_KEY attempt; None when the next position's chunk was withdrawn while
+        waiting for it (ask again for the next one)."""
+        sid = s.session_id
+        if index is None:  # withdrawn indexes are skipped alike on both sides
+            idx = self.store.next_index(sid, side, self.store.counter(pos_name))
+        else:
+            idx = index
         key_id = f"{sid}:{idx}"
+        w = self.store.withdrawal(key_id, side)
+        if w is not None:
+            raise KmError("gone", self._withdrawn_message(f"key at index {idx}", w),
+                          [{"index": idx, "link": w.link, "alarm": w.kind, "since": w.since}],
+                          status004=10)
         if self.store.was_delivered(key_id, side):
             raise KmError("conflict", f"key at index {idx} was already delivered",
                           status004=10)
@@ -584,6 +689,10 @@ class KeyManager:
         if chunk is None:
             if s.bucket is not None:
                 s.bucket.give_back(bits)
+            if self.store.withdrawal(key_id, side) is not None:
+                if index is None:
+                    return None
+                return self._get_chunk(s, ident, side, pos_name, index, meta_size)  # -> 410
             return {"status": 2, "message": "insufficient key available", "index": idx}
         with self.store.tx() as db:
             cur = self.store.counter(pos_name)
@@ -613,6 +722,8 @@ class KeyManager:
             with self._arrivals:
                 self._arrivals.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             chunk = self.store.take_chunk(s.session_id, side, idx, sae)
+            if chunk is None and self.store.withdrawal(f"{s.session_id}:{idx}", side):
+                break
         return chunk
 
     def _demand_chunks(self, s: Session, idx: int) -> None:
@@ -674,6 +785,15 @@ class KeyManager:
         def run() -> int:
             return self._make_keys(s, n, size)
 
+        alarm = self._next_link_alarm(s)
+        if alarm is not None:  # nothing to make until admission re-routes or the alarm clears
+            job = Job(priority=s.priority, prefetch=prefetch, session_id=s.session_id,
+                      need_bytes=0, run=run)
+            job.error = KmError("unavailable", f"{alarm.describe()}: no key is relayed over it;"
+                                " waiting for the control plane to re-route the session")
+            job.done.set()
+            return job
+
         if e is None or e.next_hop is None:  # both applications on this KM
             job = Job(priority=s.priority, prefetch=prefetch, session_id=s.session_id,
                       need_bytes=0, run=run)
@@ -724,6 +844,9 @@ class KeyManager:
         e = self.forwarding.get(s.session_id)
         if e is None or e.role != "source":
             raise KmError("refused", "this KM is not the source of the session")
+        alarm = self._next_link_alarm(s)
+        if alarm is not None:
+            raise KmError("unavailable", f"{alarm.describe()}: no key is relayed over it")
         with self.store.tx() as db:
             first = self.store.bump(db, f"idx:{s.session_id}", n)
             keys = []
@@ -780,9 +903,7 @@ class KeyManager:
                 self._inflight[sid] -= 1
                 if not self._inflight[sid]:
                     del self._inflight[sid]
-        if self.store.acknowledge([k.key_id for k in keys]):
-            for size in {k.size for k in keys}:
-                self._ready_add(s, size, sum(1 for k in keys if k.size == size))
+        self._acknowledged(s, self.pool_by_peer[next_hop].link, keys, ack)
         if ack.get("destination_km"):
             with s.cond:
                 s.peer_km = ack["destination_km"]
@@ -792,6 +913,39 @@ class KeyManager:
                            ms=round((time.monotonic() - t0) * 1000, 2), retry=retry)
         with self._arrivals:
             self._arrivals.notify_all()
+
+    def _acknowledged(self, s: Session, first_link: str, keys: list[E2EKey],
+                      ack: dict[str, Any]) -> None:
+        """Pending keys the destination acknowledged become ready with their route, unless
+        the route crossed a link under a QBER alarm here, or the destination says it
+        withdrew them (a retry of keys whose first copy crossed such a link)."""
+        route = ack.get("route")
+        if not (isinstance(route, list) and route and all(isinstance(x, str) and x and "|" not
+                                                          in x for x in route)):
+            route = [first_link]  # a destination without route tracking
+        elif route[0] != first_link:
+            log.warning("acknowledged route %s does not start with %s", route, first_link,
+                        extra={"session_id": s.session_id})
+        gone: dict[str, tuple[str, str]] = {}
+        for w in ack.get("withdrawn_key_IDs") or []:
+            if isinstance(w, dict) and isinstance(w.get("key_ID"), str):
+                gone[w["key_ID"]] = (str(w.get("link") or ""), str(w.get("alarm") or ""))
+        alarm = self.alarms.first_in(route)
+        ws: list[Withdrawal] = []
+        if alarm is not None and alarm.kind in COMPROMISED:
+            ws = self.store.withdraw_keys([k.key_id for k in keys], "pend", alarm.link,
+                                          alarm.kind, alarm.since)
+            keys = []
+        for link, kind in set(gone.values()):
+            a = self.alarms.get(link)
+            ws += self.store.withdraw_keys([k for k, lk in gone.items() if lk == (link, kind)],
+                                           "pend", link, kind or (a.kind if a else "qber_high"),
+                                           a.since if a else time.time())
+        keys = [k for k in keys if k.key_id not in gone]
+        if keys and self.store.acknowledge([k.key_id for k in keys], via_text(route)):
+            for size in {k.size for k in keys}:
+                self._ready_add(s, size, sum(1 for k in keys if k.size == size))
+        self._withdraw(ws)
 
     def _retry_loop(self) -> None:
         while not self._stop.wait(0.5):
@@ -838,6 +992,9 @@ class KeyManager:
     def _send_hop(self, header: dict[str, Any], next_hop: str, keys: list[E2EKey]
                   ) -> dict[str, Any]:
         pool = self.pool_by_peer[next_hop]
+        alarm = self.alarms.get(pool.link)
+        if alarm is not None:
+            raise KmError("unavailable", f"{alarm.describe()}: no relay is sent over it")
         values = [k.key for k in keys]
         need = rl.pad_bytes_needed(values)
         nkeys = math.ceil(need / pool.key_bytes)
@@ -847,7 +1004,8 @@ class KeyManager:
             raise KmError("insufficient", f"not enough link key on {pool.link}")
         pad = b"".join(v for _, v in taken)
         hdr = {**header, "from_km": self.node, "to_km": next_hop, "link": pool.link,
-               "link_key_IDs": [k for k, _ in taken]}
+               "link_key_IDs": [k for k, _ in taken],
+               "route": [*header.get("route", []), pool.link]}
         entries = [{"key_ID": k.key_id, "index": k.idx, "size": k.size} for k in keys]
         msg = rl.seal(hdr, entries, values, pad)
         self.metrics.relay.labels(step="send").inc()
@@ -882,6 +1040,18 @@ class KeyManager:
         for k, v in zip(msg["keys"], values, strict=True):
             if k["size"] != len(v) * 8:
                 raise rl.RelayError(400, f"key {k['key_ID']} is not {k['size']} bits")
+        # checked once the MAC has proven the route; the link keys are used up either way
+        route = rl.route_of(msg)
+        alarm = self.alarms.first_in(route)
+        if alarm is not None:
+            self.metrics.refused.labels(reason="link_alarm").inc()
+            self.control.event("relay_refused", sid, from_km=caller, link=alarm.link,
+                               alarm=alarm.kind, route=route)
+            if alarm.link == link:
+                raise rl.RelayError(503, f"{alarm.describe()}: {self.node} accepts no relay"
+                                    " over it until the alarm clears")
+            raise rl.RelayError(409, f"the relay crossed link {alarm.link}, under alarm"
+                                f" ({alarm.kind}): refused")
         s = self.sessions.get(sid)
         if s is not None:
             s.touch()
@@ -889,11 +1059,12 @@ class KeyManager:
             if s is not None and s.local_sae_id and msg["target_sae_ids"][0] != s.local_sae_id:
                 raise rl.RelayError(403, f"session {sid} ends at {s.local_sae_id}, not at"
                                     f" {msg['target_sae_ids'][0]}")
+            via = via_text(route)
             keys = [E2EKey(k["key_ID"], sid, k["index"], k["size"], msg["initiator_sae_id"],
-                           msg["target_sae_ids"][0], v) for k, v in zip(msg["keys"], values,
-                                                                         strict=True)]
+                           msg["target_sae_ids"][0], v, via)
+                    for k, v in zip(msg["keys"], values, strict=True)]
             try:
-                new = self.store.put_received(keys)
+                new, gone = self.store.receive(keys)
             except KeyConflict as exc:
                 raise rl.RelayError(409, f"key {exc} already present with another value"
                                     ) from None
@@ -903,9 +1074,13 @@ class KeyManager:
             # a retried relay (its acknowledgement was lost): keys already held or delivered
             # are acknowledged again, never stored or delivered twice
             self.control.event("relay_receive", sid, from_km=caller, keys=len(keys),
-                               source_km=msg["source_km"], duplicates=len(keys) - new)
-            return {"ack": True, "destination_km": self.node,
-                    "key_IDs": [{"key_ID": k.key_id} for k in keys]}
+                               source_km=msg["source_km"], duplicates=len(keys) - new - len(gone),
+                               withdrawn=len(gone), route=route)
+            gone_ids = {w.key_id for w in gone}
+            return {"ack": True, "destination_km": self.node, "route": route,
+                    "key_IDs": [{"key_ID": k.key_id} for k in keys if k.key_id not in gone_ids],
+                    "withdrawn_key_IDs": [{"key_ID": w.key_id, "link": w.link,
+                                           "alarm": w.kind} for w in gone]}
         if e.role == "transit" and e.next_hop:
             self.metrics.relay.labels(step="forward").inc()
             self.control.event("relay_forward", sid, from_km=caller, to_km=e.next_hop,
@@ -914,6 +1089,7 @@ class KeyManager:
                     for k, v in zip(msg["keys"], values, strict=True)]
             header = {k: msg[k] for k in ("session_id", "source_km", "api", "initiator_sae_id",
                                           "target_sae_ids")}
+            header["route"] = route
             try:
                 return self._send_hop(header, e.next_hop, keys)
             except KmError as exc:

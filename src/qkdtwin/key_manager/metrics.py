@@ -28,3 +28,9 @@ class Metrics:
                               registry=r)
         self.transitions = Counter("qkdtwin_km_session_transitions",
                                    "session state transitions", ["state"], registry=r)
+        self.withdrawn = Counter("qkdtwin_km_keys_withdrawn",
+                                 "undelivered keys withdrawn: their route crossed a link under"
+                                 " a QBER alarm", ["link", "side"], registry=r)
+        self.quarantined = Gauge("qkdtwin_km_link_quarantined",
+                                 "1 while a link is under alarm (no relay over it)", ["link"],
+                                 registry=r)

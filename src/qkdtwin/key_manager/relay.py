@@ -10,7 +10,14 @@ Message (``POST /kmapi/v1/ext_keys``)::
 
     {"session_id", "source_km", "from_km", "to_km", "link", "link_key_IDs": [...],
      "initiator_sae_id", "target_sae_ids": [...], "api": "014"|"004",
-     "keys": [{"key_ID", "index", "size", "value": base64(ciphertext)}], "mac": base64}
+     "keys": [{"key_ID", "index", "size", "value": base64(ciphertext)}],
+     "route": ["<link>", ...], "mac": base64}
+
+``route`` (optional, for peers without it the receiver assumes ``[link]``) lists the links
+the message crossed so far, source first: the source puts the link it sends on, every
+transit appends its outgoing link before it re-seals (so the MAC covers it), and the
+receiver checks that it ends with the link it arrived on. Destinations record it with each
+key: a key whose route crossed a link under a QBER alarm is withdrawn (docs/api.md).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 MAC_KEY_BYTES = 32
+MAX_ROUTE = 32  # links; far beyond any lab's diameter
 
 
 class RelayError(Exception):
@@ -113,7 +121,25 @@ def validate_message(msg: Any) -> dict[str, Any]:
                 and isinstance(k.get("index"), int) and isinstance(k.get("size"), int)
                 and isinstance(k.get("value"), str)):
             raise RelayError(400, "each ext_keys key needs key_ID, index, size and value")
+    route_of(msg)
     return msg
+
+
+def route_of(msg: dict[str, Any]) -> list[str]:
+    """The links a message crossed, ending with the one it arrived on (RelayError(400) if
+    the field is malformed or does not end there)."""
+    route = msg.get("route")
+    if route is None:
+        return [msg["link"]]
+    if not isinstance(route, list) or not route or len(route) > MAX_ROUTE \
+            or not all(isinstance(x, str) and x and "|" not in x for x in route):
+        raise RelayError(400, f"ext_keys field route must be a list of 1-{MAX_ROUTE} link IDs")
+    if len(set(route)) != len(route):
+        raise RelayError(400, "ext_keys route crosses a link twice")
+    if route[-1] != msg["link"]:
+        raise RelayError(400, f"ext_keys route ends with {route[-1]}, but the message arrived"
+                         f" on {msg['link']}")
+    return list(route)
 
 
 def same(a: bytes, b: bytes) -> bool:
