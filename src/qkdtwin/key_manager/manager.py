@@ -930,12 +930,7 @@ class KeyManager:
         for w in ack.get("withdrawn_key_IDs") or []:
             if isinstance(w, dict) and isinstance(w.get("key_ID"), str):
                 gone[w["key_ID"]] = (str(w.get("link") or ""), str(w.get("alarm") or ""))
-        alarm = self.alarms.first_in(route)
         ws: list[Withdrawal] = []
-        if alarm is not None and alarm.kind in COMPROMISED:
-            ws = self.store.withdraw_keys([k.key_id for k in keys], "pend", alarm.link,
-                                          alarm.kind, alarm.since)
-            keys = []
         for link, kind in set(gone.values()):
             a = self.alarms.get(link)
             ws += self.store.withdraw_keys([k for k, lk in gone.items() if lk == (link, kind)],
@@ -945,6 +940,12 @@ class KeyManager:
         if keys and self.store.acknowledge([k.key_id for k in keys], via_text(route)):
             for size in {k.size for k in keys}:
                 self._ready_add(s, size, sum(1 for k in keys if k.size == size))
+        # checked after the commit: an alarm that came in meanwhile either shows here or its
+        # withdraw_route already found these keys
+        alarm = self.alarms.first_in(route)
+        if keys and alarm is not None and alarm.kind in COMPROMISED:
+            ws += self.store.withdraw_keys([k.key_id for k in keys], "src", alarm.link,
+                                           alarm.kind, alarm.since)
         self._withdraw(ws)
 
     def _retry_loop(self) -> None:
@@ -1068,6 +1069,12 @@ class KeyManager:
             except KeyConflict as exc:
                 raise rl.RelayError(409, f"key {exc} already present with another value"
                                     ) from None
+            alarm = self.alarms.first_in(route)  # one that came in while storing (see above)
+            if alarm is not None and alarm.kind in COMPROMISED:
+                late = self.store.withdraw_keys([k.key_id for k in keys], "dst", alarm.link,
+                                                alarm.kind, alarm.since)
+                self._withdraw(late)
+                gone += late
             with self._arrivals:
                 self._arrivals.notify_all()
             self.metrics.relay.labels(step="receive").inc()
