@@ -44,6 +44,21 @@ class TestCA:
         self.ca = str(self.dir / "ca.crt")
         Path(self.ca).write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
+    @classmethod
+    def load(cls, ca_cert: Path | str, ca_key: Path | str, directory: Path) -> TestCA:
+        """An existing CA (e.g. a deployed lab's ``pki/ca.{crt,key}``) that issues into
+        ``directory``: certificates the lab trusts for identities it does not know."""
+        self = cls.__new__(cls)
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._cert = x509.load_pem_x509_certificate(Path(ca_cert).read_bytes())
+        key = serialization.load_pem_private_key(Path(ca_key).read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{ca_key}: not an EC private key")
+        self._key = key
+        self.ca = str(ca_cert)
+        return self
+
     def issue(self, cn: str, ou: str = "node", o: str | None = None,
               sans: tuple[str, ...] = ("localhost", "127.0.0.1"), ca: TestCA | None = None
               ) -> Identity:
