@@ -23,7 +23,8 @@ from tests.support.km_cluster import km_lab
 
 pytestmark = pytest.mark.integration
 
-USERS = {"sae-a0": {"user": "alice", "km": "km0"}, "sae-a2": {"user": "alice", "km": "km2"}}
+USERS = {"sae-a0": {"user": "alice", "km": "km0"}, "sae-a2": {"user": "alice", "km": "km2"},
+         "sae-b0": {"user": "bob", "km": "km0"}, "sae-b2": {"user": "bob", "km": "km2"}}
 LINKS = [("km0", "km1"), ("km1", "km2"), ("km0", "km2")]
 L = "km0-km2"
 DIRECT, DETOUR = ["km0", "km2"], ["km0", "km1", "km2"]
@@ -55,6 +56,7 @@ def query(lab, km, sql, *args):
 def alarm(lab, kind):
     """Publish like monitoring: retained, on qkd/v1/alarm/<link>."""
     lab["ctl"].bus.publish(topics.alarm(L), {"type": "alarm", "link": L, "kind": kind,
+                                             "ts": time.time(),
                                              "qber": 0.21 if kind != "clear" else 0.02,
                                              "threshold": 0.11, "reason": "test"}, retain=True)
 
@@ -207,3 +209,33 @@ def test_no_key_that_crossed_a_link_is_delivered_after_its_alarm(lab):
         assert set(rows) == {"|km0-km1|km1-km2|", f"|{L}|"}, (name, rows)
     assert {via[k["key_ID"]] for k in k014c} == {f"|{L}|"}  # the last ones made
     assert via[f"{sid4}:{back[-1]}"] == f"|{L}|"
+
+
+def test_km_that_was_down_during_the_alarm_withdraws_when_it_comes_back(lab):
+    """The alarm is retained: a KM (re)started while it stands gets it at subscribe time and
+    withdraws the keys it stored before."""
+    b0, b2 = lab["saes"]["sae-b0"], lab["saes"]["sae-b2"]
+    u0, u2 = lab["cluster"].url("km0"), lab["cluster"].url("km2")
+    sid = session_id_014("sae-b0", "sae-b2")
+    r = b0.post(f"{u0}/api/v1/keys/sae-b2/enc_keys", json={"number": 1})
+    assert r.status_code == 200, r.text
+    key_id = r.json()["keys"][0]["key_ID"]
+    assert lab["ctl"].paths[sid] == DIRECT
+    assert query(lab, "km2", "SELECT via FROM e2e_keys WHERE key_id=?", key_id) == [(f"|{L}|",)]
+    lab["cluster"].kill("km2")
+    try:
+        alarm(lab, "qber_suspicious")
+        wait_for(lambda: events(lab, "keys_withdrawn", "km0", session_id=sid),
+                 what="km0 withdraws the prefetched keys")
+        lab["cluster"].start_node("km2")
+        lab["cluster"].wait_healthy("km2", pools=False)
+        ev = wait_for(lambda: events(lab, "keys_withdrawn", "km2", session_id=sid),
+                      what="the restarted km2 withdraws the key it held")
+        assert ev[0]["alarm"] == "qber_suspicious" and ev[0]["count"] >= 1
+        r = b2.post(f"{u2}/api/v1/keys/sae-b0/dec_keys", json={"key_IDs": [{"key_ID": key_id}]})
+        assert r.status_code == 400 and r.json()["details"][0]["withdrawn"], r.text
+    finally:
+        alarm(lab, "clear")
+        lab["cluster"].wait_healthy("km2", pools=False)
+    wait_for(lambda: events(lab, "link_released", "km2", link=L)
+             and lab["cluster"].health("km2")["alarms"] == {}, what="km2 releases the link")
