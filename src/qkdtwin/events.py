@@ -288,8 +288,8 @@ def _label(ev: Event) -> str:
     bits = [ev.kind]
     if ev.kind == "session_state":
         bits = [f"{p.get('old')} → {p.get('new')}"]
-    for k in ("role", "sae_id", "to_km", "from_km", "path", "number", "keys", "link", "alarm",
-              "reason", "api"):
+    for k in ("km", "role", "sae_id", "prev_hop", "next_hop", "to_km", "from_km", "path",
+              "number", "keys", "link", "alarm", "reason", "api"):
         v = p.get(k)
         if v not in (None, "", []):
             bits.append(f"{k}={'-'.join(v) if isinstance(v, list) else v}")

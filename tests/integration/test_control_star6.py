@@ -10,10 +10,12 @@ sae-0@km0/sae-1@km1, research sae-2@km2/sae-3@km3, iot sae-4@km4/sae-5@km5 (max 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -21,6 +23,7 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 32  # bytes: 256 bits, within every star6 SLA
 KEY_WAIT_S = 120.0  # the first keys of a link after the deploy can take this long
 HEALTH_PORTS = {"access": 9101, "admission": 9102, "routing": 9103, "monitor": 9105}
@@ -105,7 +108,8 @@ def open_pair(sae, a: str, b: str, qos: dict[str, Any] | None = None) -> str:
     """Both applications open the same key stream (ETSI 004): its id."""
     sid = str(uuid.uuid4())
     qos = {"key_chunk_size": CHUNK, "timeout": 5000, **(qos or {})}
-    r = sae(a).open_connect(a, b, qos, key_stream_id=sid)
+    # OPEN_CONNECT blocks up to qos.timeout for the peer: the first side waits only briefly
+    r = sae(a).open_connect(a, b, {**qos, "timeout": 300}, key_stream_id=sid)
     assert r.http == 200 and r.status in (0, 1), r.body
     r = sae(b).open_connect(b, a, qos, key_stream_id=sid)
     assert r.http == 200 and r.status == 0, r.body
@@ -195,6 +199,23 @@ def test_paper_scenario_three_sessions_in_parallel(lab, sae, events, lonely):
         closed_everywhere(events, sid, paths[(a, b)])
     r = sae("sae-2").get_key(relay)
     assert r.status == 4, r.body  # the other application sees the stream closed
+    save_recording(lab, relay)
+
+
+def save_recording(lab, sid: str) -> None:
+    """QKDTWIN_UPDATE_DOCS=1: keep the lab recorder's events of the relayed session as
+    tests/data/events/star6-relayed.jsonl, the source of docs/architecture.md's message
+    sequence (tests/unit/test_docs_sequence.py keeps the two in step)."""
+    if not os.environ.get("QKDTWIN_UPDATE_DOCS"):
+        return
+    time.sleep(2)  # the recorder writes what it received
+    files = sorted((lab.lab_dir / "events").glob("*.jsonl"))
+    assert files, "the lab's recorder wrote nothing"
+    lines = [line for line in files[-1].read_text().splitlines()
+             if json.loads(line).get("payload", {}).get("session_id") == sid]
+    assert lines
+    out = ROOT / "tests" / "data" / "events" / "star6-relayed.jsonl"
+    out.write_text("\n".join(lines) + "\n")
 
 
 def test_sessions_over_the_sla_are_refused(lab, sae, events):
@@ -254,6 +275,84 @@ def test_broker_restart_loses_no_session(lab, deployed_star6, sae, events):
         assert health.get("broker_connected"), (node, health)
     assert sae("sae-3").close(sid).status == 0
     closed_everywhere(events, sid, route, timeout=60)
+
+
+def link_id(a: str, b: str) -> str:
+    return "-".join(sorted((a, b), key=lambda n: int(n[2:])))
+
+
+def links_of(path: list[str]) -> set[str]:
+    return {link_id(a, b) for a, b in zip(path, path[1:], strict=False)}
+
+
+def test_eavesdropper_on_a_link_in_use_reroutes_with_no_key_from_it(
+        lab, deployed_star6, sae, events):
+    """Eve on the first link of a live ETSI 004 stream sae-4 → sae-5: monitoring raises the
+    alarm, admission moves the stream to another path, both applications keep getting the
+    same chunks under the same key_stream_id, and no chunk handed out after the alarm crossed
+    the compromised link (the destination KM's relay_receive events name each chunk's route)."""
+    from qkdtwin.cli import main
+
+    sid = open_pair(sae, "sae-4", "sae-5")
+    same_chunk(sae, "sae-4", "sae-5", sid)
+    old_path = events.path_of(sid)
+    link = link_id(*old_path[:2])
+    got: list[tuple[float, int]] = []  # (request sent, index) of chunks equal at both ends
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def pull() -> None:
+        while not stop.is_set():
+            t0 = time.time()
+            try:
+                idx, _ = same_chunk(sae, "sae-4", "sae-5", sid, timeout=90)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+                return
+            got.append((t0, idx))
+            time.sleep(0.25)
+
+    puller = threading.Thread(target=pull)
+    puller.start()
+    eve_on = False
+    try:
+        assert main(["eve", str(deployed_star6.lab.path),
+                     link.replace("-", ":"), "--fraction", "1"]) == 0
+        eve_on = True
+        alarm = events.wait(lambda e: e["_topic"] == f"qkd/v1/alarm/{link}" and e.get("kind")
+                            in ("qber_high", "qber_suspicious"), 150, f"an alarm on {link}")[0]
+        moved = events.wait(lambda e: e.get("session_id") == sid
+                            and e.get("kind") == "session_rerouted", 60, "the re-route")[0]
+        assert moved["link"] == link and link not in links_of(moved["path"]), moved
+        assert moved["path"][0] == "km4" and moved["path"][-1] == "km5"
+        deadline = time.monotonic() + 90  # chunks keep coming over the new path
+        while time.monotonic() < deadline and not errors and \
+                sum(1 for t, _ in got if t > alarm["_rx"]) < 5:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        puller.join(120)
+        if eve_on:  # leave the lab as found
+            assert main(["eve", str(deployed_star6.lab.path),
+                         link.replace("-", ":"), "--off"]) == 0
+    assert not errors, errors
+    after = [idx for t, idx in got if t > alarm["_rx"]]
+    assert len(after) >= 5, (len(got), after)
+    routes: dict[int, list[str]] = {}
+    for e in events.of(sid, "relay_receive"):
+        for i in e.get("indexes") or []:
+            routes[i] = e["route"]
+    for idx in after:
+        assert idx in routes, f"no relay_receive event names chunk {idx}"
+        assert link not in routes[idx], (idx, routes[idx], link)
+    print(f"alarm {alarm['kind']} on {link}; path {old_path} -> {moved['path']}; "
+          f"{len(got)} chunks equal at both ends, {len(after)} after the alarm; withdrawn: "
+          f"{sum(e.get('count', 0) for e in events.of(sid, 'keys_withdrawn'))}")
+    # the stream closes everywhere, the link clears once Eve has gone
+    assert sae("sae-5").close(sid).status == 0
+    closed_everywhere(events, sid, moved["path"], timeout=60)
+    events.wait(lambda e: e["_topic"] == f"qkd/v1/alarm/{link}" and e.get("kind") == "clear",
+                150, f"the alarm on {link} to clear")
 
 
 def test_peer_that_never_registers_reserves_nothing_and_times_out(lab, sae, events, lonely):

@@ -29,6 +29,7 @@ import testinfra
 import yaml
 
 from tests.infra.labcopy import copy_lab, lab_lock
+from tests.infra.netns_backend import register as register_netns_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,6 +84,8 @@ class DeployedLab:
         return sorted(self.inventory["all"]["children"].get(role, {}).get("hosts") or {})
 
     def host(self, node: str):
+        """A testinfra host running commands in the node's namespace."""
+        register_netns_backend()
         return testinfra.get_host(f"netns://{self.lab.namespace(node)}")
 
 
