@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 
 import pytest
 
@@ -134,3 +135,72 @@ def test_store_withdraws_keys_whose_route_crossed_the_link(tmp_path):
         assert store.withdrawal("s:2", "src") is None
     finally:
         store.close()
+
+
+# -- a Key Manager (in process, no broker) receiving relays while a link is under alarm -----
+
+@pytest.fixture
+def km9(tmp_path, test_ca):
+    from qkdtwin.key_manager.config import parse_config
+    from qkdtwin.key_manager.manager import KeyManager
+    node = test_ca.issue("km9", ou="node")
+    km = KeyManager(parse_config({
+        "node": "km9", "listen": {"host": "127.0.0.1", "port": 0},
+        "tls": {"ca": test_ca.ca, "cert": node.cert, "key": node.key},
+        "data_dir": str(tmp_path / "km9"),
+        "modules": [{"link": "km8-km9", "peer": "km8", "peer_url": "https://127.0.0.1:1",
+                     "module_url": "http://127.0.0.1:1"}]}))
+    yield km
+    km.store.close()
+
+
+def _relay_to_km9(km, sid, key_id, value, route):
+    """A relay from km8 as km8 would seal it, with fresh link key shared with km9."""
+    pads = [(uuid.uuid4().hex, os.urandom(32)) for _ in range(2)]
+    km.store.add_link_keys("km8-km9", [(k, "km8", v) for k, v in pads], 1)
+    header = {"session_id": sid, "source_km": "km7", "from_km": "km8", "to_km": "km9",
+              "link": "km8-km9", "link_key_IDs": [k for k, _ in pads], "api": "004",
+              "initiator_sae_id": "sae-a", "target_sae_ids": ["sae-b"], "route": route}
+    return rl.seal(header, [{"key_ID": key_id, "index": 0, "size": 256}], [value],
+                   b"".join(v for _, v in pads))
+
+
+def _alarm(km, link, kind, ts):
+    km.on_alarm(f"qkd/v1/alarm/{link}", {"type": "alarm", "link": link, "kind": kind, "ts": ts})
+
+
+def test_km_refuses_relays_over_or_across_a_link_under_alarm(km9):
+    from qkdtwin.key_manager.forwarding import Entry
+    km, sid, route = km9, "s1", ["km7-km8", "km8-km9"]
+    km.forwarding.set(sid, Entry("destination", "km8", None))
+    value = os.urandom(32)
+    _alarm(km, "km8-km9", "link_down", 1.0)
+    with pytest.raises(rl.RelayError) as exc:
+        km.ext_keys("km8", _relay_to_km9(km, sid, "s1:0", value, route))
+    assert exc.value.status == 503 and "link km8-km9 is under alarm (link_down" in str(exc.value)
+    _alarm(km, "km8-km9", "clear", 2.0)
+    _alarm(km, "km7-km8", "qber_suspicious", 3.0)  # upstream: the relay crossed it
+    with pytest.raises(rl.RelayError) as exc:
+        km.ext_keys("km8", _relay_to_km9(km, sid, "s1:0", value, route))
+    assert exc.value.status == 409 and "crossed link km7-km8" in str(exc.value)
+    assert km.health()["alarms"] == {"km7-km8": "qber_suspicious"}
+    _alarm(km, "km7-km8", "clear", 4.0)
+    # accepted: stored with its route, which the acknowledgement returns to the source
+    ack = km.ext_keys("km8", _relay_to_km9(km, sid, "s1:0", value, route))
+    assert ack["route"] == route and ack["key_IDs"] == [{"key_ID": "s1:0"}]
+    assert ack["withdrawn_key_IDs"] == []
+    assert km.store._db.execute("SELECT via FROM e2e_keys WHERE key_id='s1:0'").fetchone() == (
+        "|km7-km8|km8-km9|",)
+    # a QBER alarm upstream withdraws it here; a retry of it (its ack was lost) after the
+    # alarm cleared is not stored again, and the ack tells the source to drop its copy
+    _alarm(km, "km7-km8", "qber_high", 5.0)
+    assert km.store.withdrawal("s1:0", "dst").link == "km7-km8"
+    assert km.metrics.withdrawn.labels(link="km7-km8", side="dst")._value.get() == 1
+    _alarm(km, "km7-km8", "clear", 6.0)
+    ack = km.ext_keys("km8", _relay_to_km9(km, sid, "s1:0", value, ["km6-km8", "km8-km9"]))
+    assert ack["key_IDs"] == [] and ack["withdrawn_key_IDs"] == [
+        {"key_ID": "s1:0", "link": "km7-km8", "alarm": "qber_high"}]
+    assert km.store.ready_count(sid, "dst") == 0
+    # a route that does not end with the link the message came on
+    with pytest.raises(rl.RelayError, match="ends with"):
+        km.ext_keys("km8", _relay_to_km9(km, sid, "s1:1", value, ["km8-km9", "km7-km8"]))
