@@ -1069,6 +1069,7 @@ class KeyManager:
             except KeyConflict as exc:
                 raise rl.RelayError(409, f"key {exc} already present with another value"
                                     ) from None
+            dup = len(keys) - new - len(gone)
             alarm = self.alarms.first_in(route)  # one that came in while storing (see above)
             if alarm is not None and alarm.kind in COMPROMISED:
                 late = self.store.withdraw_keys([k.key_id for k in keys], "dst", alarm.link,
@@ -1081,7 +1082,7 @@ class KeyManager:
             # a retried relay (its acknowledgement was lost): keys already held or delivered
             # are acknowledged again, never stored or delivered twice
             self.control.event("relay_receive", sid, from_km=caller, keys=len(keys),
-                               source_km=msg["source_km"], duplicates=len(keys) - new - len(gone),
+                               source_km=msg["source_km"], duplicates=dup,
                                withdrawn=len(gone), route=route)
             gone_ids = {w.key_id for w in gone}
             return {"ack": True, "destination_km": self.node, "route": route,
