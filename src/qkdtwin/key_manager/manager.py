@@ -452,7 +452,7 @@ class KeyManager:
                 s.cond.wait_for(lambda: s.peer_km is not None, self.cfg.request_wait_s)
         ready = self.store.ready_count(s.session_id, "src", s.key_size)
         link_bytes = 0
-        if e and e.next_hop:
+        if e and e.next_hop and self._next_link_alarm(s) is None:  # none usable under alarm
             link_bytes = self.pool_by_peer[e.next_hop].own_bytes()
         lim = self.cfg.limits
         return {
