@@ -378,6 +378,9 @@ class KeyManager:
             self.sessions.transition(s, TERMINATED, exc.message)
             raise
         s.user = rep.get("user") or ident.o
+        cap_bits = (rep.get("sla") or {}).get("max_key_size")
+        if isinstance(cap_bits, int) and not isinstance(cap_bits, bool) and cap_bits > 0:
+            s.qos["sla_max_key_size"] = cap_bits  # ETSI 014 sizes are checked per request
         if "priority" not in qos:
             # no priority asked for: the KM default, within what the user's SLA allows
             cap = (rep.get("sla") or {}).get("max_priority")
@@ -440,6 +443,11 @@ class KeyManager:
             raise KmError("refused", f"this KM is not the source of session {sid}")
         return s
 
+    @staticmethod
+    def _sla_key_bits(s: Session) -> int | None:
+        cap = s.qos.get("sla_max_key_size")
+        return cap if isinstance(cap, int) and not isinstance(cap, bool) else None
+
     def status_014(self, ident: Identity, slave: str) -> dict[str, Any]:
         s = self.open_014(ident, slave, None)
         e = self.forwarding.get(s.session_id)
@@ -463,7 +471,8 @@ class KeyManager:
             "stored_key_count": ready + link_bytes // (s.key_size // 8 + rl.MAC_KEY_BYTES),
             "max_key_count": lim.max_key_count,
             "max_key_per_request": lim.max_keys_per_request,
-            "max_key_size": lim.max_key_size, "min_key_size": lim.min_key_size,
+            "max_key_size": min(lim.max_key_size, self._sla_key_bits(s) or lim.max_key_size),
+            "min_key_size": lim.min_key_size,
             "max_SAE_ID_count": 0,
             "status_extension": {"session_id": s.session_id, "priority": s.priority,
                                  "state": s.state},
@@ -472,6 +481,10 @@ class KeyManager:
     def enc_keys(self, ident: Identity, slave: str, number: int, size: int,
                  priority: int | None) -> list[E2EKey]:
         s = self.open_014(ident, slave, priority)
+        cap = self._sla_key_bits(s)
+        if cap is not None and size > cap:
+            raise KmError("bad_request", f"size {size} exceeds the {cap} bits the SLA of user"
+                          f" {s.user} allows", [{"max_key_size": cap}])
         bits = number * size
         if s.bucket is not None and not s.bucket.take(bits):
             wait = s.bucket.retry_after(bits)
@@ -1082,6 +1095,7 @@ class KeyManager:
             # a retried relay (its acknowledgement was lost): keys already held or delivered
             # are acknowledged again, never stored or delivered twice
             self.control.event("relay_receive", sid, from_km=caller, keys=len(keys),
+                               indexes=[k.idx for k in keys],
                                source_km=msg["source_km"], duplicates=dup,
                                withdrawn=len(gone), route=route)
             gone_ids = {w.key_id for w in gone}

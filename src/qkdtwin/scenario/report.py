@@ -19,6 +19,8 @@ def format_table(result: ScenarioResult) -> str:
         keys = f"{p.keys_matched}/{p.keys_wanted}"
         if p.mismatches:
             keys += f" ({p.mismatches} differ)"
+        if p.withdrawn:
+            keys += f" ({p.withdrawn} withdrawn)"
         verdict = {"ok": "ok", "refused": "refused (expected)"}.get(p.state, p.state.upper())
         rows.append((p.name, p.api, f"{p.src}->{p.dst}", path, keys, _s(p.first_key_s),
                      _s(p.percentile(0.5)), _s(p.percentile(0.95)), str(p.retries), verdict))

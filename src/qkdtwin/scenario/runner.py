@@ -42,6 +42,7 @@ class PairResult:
     state: str = "pending"  # pending, running, ok, refused (as expected), failed
     keys_matched: int = 0
     mismatches: int = 0
+    withdrawn: int = 0  # keys the master got whose slave copy the KMs withdrew (link alarm)
     retries: int = 0
     errors: list[str] = field(default_factory=list)
     start: float | None = None  # seconds since the scenario's start
@@ -69,7 +70,7 @@ class PairResult:
     def as_dict(self) -> dict[str, Any]:
         r = {k: getattr(self, k) for k in (
             "name", "api", "src", "dst", "src_km", "dst_km", "user", "expect", "session_id",
-            "state", "keys_wanted", "keys_matched", "mismatches", "retries", "errors",
+            "state", "keys_wanted", "keys_matched", "mismatches", "withdrawn", "retries", "errors",
             "path", "paths")}
         r.update({
             "passed": self.passed,
@@ -275,6 +276,11 @@ class ScenarioRunner:
             res.first_key_s = self.now() - (res.start or 0.0)
             self.log(f"{pair.name}: first key after {res.first_key_s:.2f} s")
 
+    def _withdrawn(self, pair: Pair, res: PairResult, n: int, why: str) -> None:
+        res.withdrawn += n
+        self.log(f"{pair.name}: {n} key(s) withdrawn at {pair.dst} ({why}); the master's"
+                 " copy is not to be used")
+
     # -- ETSI 014 --
 
     def _run_014(self, pair: Pair, res: PairResult) -> None:
@@ -300,10 +306,19 @@ class ScenarioRunner:
                 d = self._retry(pair, res, deadline, note,
                                 lambda ids=list(keys): slave.dec_keys(pair.src, ids),
                                 retry_http=(503,))
+                if d.http == 400 and _withdrawn_ids(d):
+                    # the KMs withdrew some (they crossed a link under alarm): fetch the rest
+                    gone = _withdrawn_ids(d)
+                    self._withdrawn(pair, res, len(gone), d.message)
+                    rest = [kid for kid in keys if kid not in gone]
+                    keys = {kid: keys[kid] for kid in rest}
+                    d = self._retry(pair, res, deadline, note,
+                                    lambda ids=rest: slave.dec_keys(pair.src, ids),
+                                    retry_http=(503,)) if rest else d
                 theirs = {k.get("key_ID"): k.get("key") for k in d.keys()}
                 same = sum(1 for kid, v in keys.items() if theirs.get(kid) == v)
-                self._got(pair, res, t_req, same, n - same)
-                left -= n
+                self._got(pair, res, t_req, same, len(keys) - same)
+                left -= len(keys)
                 if left and pair.interval:
                     time.sleep(pair.interval)
 
@@ -320,7 +335,7 @@ class ScenarioRunner:
                 why = f"KM unreachable: {exc}"
                 pause = 1.0
             else:
-                if r.ok:
+                if r.ok or _withdrawn_ids(r):
                     return r
                 if r.http not in retry_http and not _transient(r):
                     raise _Refused(f"HTTP {r.http}: {r.message or r.body}")
@@ -369,7 +384,7 @@ class ScenarioRunner:
                     if r is None or not r.ok:
                         raise _Refused(f"OPEN_CONNECT by the {who} refused: status "
                                        f"{getattr(r, 'status', '?')} {getattr(r, 'message', '')}")
-                for _ in range(pair.keys):
+                while res.keys_matched + res.mismatches < pair.keys:
                     t_req = self.now()
                     mine = self._wait_004(pair, res, deadline, note,
                                           lambda s: source.wait_key(stream, timeout=s))
@@ -377,6 +392,9 @@ class ScenarioRunner:
                     theirs = self._wait_004(pair, res, deadline, note,
                                             lambda s, i=idx: dest.wait_key(stream, i,
                                                                            timeout=s))
+                    if theirs.http == WITHDRAWN:
+                        self._withdrawn(pair, res, 1, theirs.message)
+                        continue
                     a, b = mine.body.get("key_buffer"), theirs.body.get("key_buffer")
                     same = 1 if a and a == b and theirs.body.get("index") == idx else 0
                     self._got(pair, res, t_req, same, 1 - same)
@@ -400,7 +418,7 @@ class ScenarioRunner:
                     raise _Refused(str(exc)) from None
                 why, pause = f"KM unreachable: {exc}", 1.0
             else:
-                if r.status == 0:
+                if r.status == 0 or r.http == WITHDRAWN:
                     return r
                 if r.status not in (2, 3, 9):
                     raise _Refused(f"GET_KEY status {r.status}: {r.message}")
@@ -410,6 +428,16 @@ class ScenarioRunner:
                                 f"{res.keys_matched}/{pair.keys} keys; last answer: {why}")
             self._waiting(pair, res, why, note)
             time.sleep(pause)
+
+
+# ETSI 004 GET_KEY of an index the KMs withdrew (it crossed a link under a QBER alarm)
+WITHDRAWN = 410
+
+
+def _withdrawn_ids(r: KmResponse) -> set[str]:
+    """ETSI 014 dec_keys refused because keys were withdrawn: their IDs (details)."""
+    return {d["key_ID"] for d in r.body.get("details") or []
+            if isinstance(d, dict) and d.get("withdrawn") and isinstance(d.get("key_ID"), str)}
 
 
 # Refusals that say the control plane was too slow (a loaded host), not that the request is
