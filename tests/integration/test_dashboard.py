@@ -8,7 +8,8 @@ executable_path; never a browser download).
    tests/support/deployed.py); an application pair sae-4/sae-5 gets keys (path km4-km5 or
    km4-km0-km5, as routing picks), the test clicks "Eve on" for the path's first link in the
    page and waits for the alarm and the re-routed path, then switches Eve off. Takes a
-   screenshot (QKDTWIN_UPDATE_DOCS_IMG=1 copies it to docs/img/dashboard.png). Needs root and the KM, QKD module and control-plane roles.
+   screenshot (QKDTWIN_UPDATE_DOCS_IMG=1 copies it to docs/img/dashboard.png). Needs root
+   and the KM, QKD module and control-plane roles.
 """
 
 from __future__ import annotations
