@@ -20,6 +20,7 @@ from qkdtwin import bus
 from qkdtwin.bus import BrokerConfig, Bus
 from tests.support.broker import free_port
 from tests.support.pki import TestCA
+from tests.support.procs import terminate_all
 
 SDN_BASE = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
 
@@ -205,11 +206,4 @@ class ControlPlane:
         p.wait(10)
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        terminate_all(self.procs.values(), 10)

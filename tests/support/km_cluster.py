@@ -22,6 +22,7 @@ import yaml
 from tests.support.broker import free_port
 from tests.support.fake_qkd_module import FakeQkdModule, module_pair  # noqa: F401
 from tests.support.pki import TestCA
+from tests.support.procs import terminate_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,15 +124,7 @@ class KmCluster:
             p.wait(5)
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        terminate_all(self.procs.values(), 5)
         for ma, mb in self.modules.values():
             ma.stop()
             mb.stop()
