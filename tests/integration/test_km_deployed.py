@@ -98,6 +98,15 @@ class Events:
             return [e for e in self._items if e["_topic"] == f"qkd/v1/alarm/{link}"
                     and e.get("kind") != "clear" and e["_rx"] >= since]
 
+    def active_alarms(self) -> dict[str, str]:
+        """Link -> alarm kind of every link whose latest (retained) alarm is not a clear."""
+        latest: dict[str, str] = {}
+        with self._lock:
+            for e in self._items:
+                if e["_topic"].startswith("qkd/v1/alarm/"):
+                    latest[e["_topic"].rsplit("/", 1)[1]] = str(e.get("kind"))
+        return {link: kind for link, kind in latest.items() if kind != "clear"}
+
 
 class Lab:
     """The deployed lab as these tests use it."""
@@ -184,6 +193,9 @@ def lab(deployed_lab, tmp_path_factory):
         wait_for(lambda km=km: (lambda h: h.get("ok") and all(
             v["pool_bits"] > 0 for v in h["links"].values()))(lab.health(km)),
             120, f"{km} healthy with link key")
+    # a link alarm (e.g. left by an eavesdropper test, cleared a few seconds after the QBER is
+    # back) takes the link out of routing: wait until every link is clear
+    wait_for(lambda: not lab.events.active_alarms(), 120, "no link alarm", every=0.5)
     before = lab.admission_sessions().get("active", 0)
     yield lab
     try:
