@@ -16,7 +16,9 @@ sessions it created (as their KM would: `close_request` to admission control) an
 until admission control is back to the live sessions it had before.
 
 Key is scarce on this lab (10 MHz sources: ~3.9 kbit/s on km0-km1, ~1.8 kbit/s on km1-km2),
-so the tests ask for few keys.
+so the tests ask for few keys and retry a 503 that says "retry later", as applications do.
+The priority test leaves km0 with little link key towards km1 (its pool refills at the
+link's rate, ~1 KB every 2 s).
 """
 
 from __future__ import annotations
