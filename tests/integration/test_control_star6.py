@@ -21,55 +21,14 @@ from typing import Any
 import networkx as nx
 import pytest
 
+from tests.support.lab_events import LabEvents
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 32  # bytes: 256 bits, within every star6 SLA
 KEY_WAIT_S = 120.0  # the first keys of a link after the deploy can take this long
 HEALTH_PORTS = {"access": 9101, "admission": 9102, "routing": 9103, "monitor": 9105}
-
-
-class Events:
-    """Everything published on qkd/v1/events/+ and qkd/v1/alarm/+ while the module runs,
-    with the time it arrived here (the Bus reconnects and resubscribes after a broker
-    restart)."""
-
-    def __init__(self, lab) -> None:
-        from qkdtwin.bus import Bus
-
-        self.items: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        self.bus = Bus(lab.broker_config(), f"host-test-{uuid.uuid4().hex[:6]}", workers=1)
-        self.bus.subscribe("qkd/v1/events/+", self._add)
-        self.bus.subscribe("qkd/v1/alarm/+", self._add)
-        self.bus.start()
-
-    def _add(self, topic: str, payload: dict[str, Any], msg: Any) -> None:
-        with self.lock:
-            self.items.append({**payload, "_topic": topic, "_rx": time.time()})
-
-    def find(self, pred: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
-        with self.lock:
-            return [e for e in self.items if pred(e)]
-
-    def of(self, sid: str, kind: str | None = None) -> list[dict[str, Any]]:
-        return self.find(lambda e: e.get("session_id") == sid
-                         and (kind is None or e.get("kind") == kind))
-
-    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float,
-             what: str, count: int = 1) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = self.find(pred)
-            if len(got) >= count:
-                return got
-            time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-    def path_of(self, sid: str, timeout: float = 30.0) -> list[str]:
-        ev = self.wait(lambda e: e.get("session_id") == sid and e.get("kind") in (
-            "path_assigned", "session_rerouted"), timeout, f"a path for {sid}")
-        return ev[-1]["path"]
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +39,10 @@ def lab(deployed_star6):
 
 
 @pytest.fixture(scope="module")
-def events(lab) -> Iterator[Events]:
-    ev = Events(lab)
+def events(lab) -> Iterator[LabEvents]:
+    ev = LabEvents(lab).start()
     yield ev
-    ev.bus.stop()
+    ev.stop()
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +97,7 @@ def routing_view(lab) -> dict[str, Any]:
         b.stop()
 
 
-def closed_everywhere(events: Events, sid: str, route: list[str], timeout: float = 30.0):
+def closed_everywhere(events: LabEvents, sid: str, route: list[str], timeout: float = 30.0):
     """Admission ended ``sid`` and every KM of ``route`` deleted and confirmed it."""
     events.wait(lambda e: e.get("session_id") == sid and e.get("kind") == "session_terminated",
                 timeout, f"session_terminated of {sid}")

@@ -123,6 +123,12 @@ def test_004_pair_same_stream(lab):
     mine = a0.post(f"{km(lab, 'km0')}/api/v1/qkd004/get_key",
                    json={"key_stream_id": sid, "index": 20}).json()
     assert mine["key_buffer"] == ahead["key_buffer"]
+    # ...but not absurdly far: that would make the source relay (and hold its link for)
+    # a hundred thousand chunks
+    r = a2.post(f"{km(lab, 'km2')}/api/v1/qkd004/get_key",
+                json={"key_stream_id": sid, "index": 100000})
+    assert r.status_code == 400 and r.json()["status"] == 10, r.text
+    assert "ahead of the key stream" in r.json()["message"]
     r = a0.post(f"{km(lab, 'km0')}/api/v1/qkd004/close", json={"key_stream_id": sid})
     assert r.json()["status"] == 0
     deadline = time.time() + 5

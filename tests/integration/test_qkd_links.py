@@ -208,36 +208,43 @@ def test_eve_raises_the_published_qber_and_stops_key(deployed_lab, capsys):
             with lock:
                 seen.append(payload)
 
+    alarms: list[dict] = []
     bus = Bus(lab_connection(str(lab.lab.path)), "host", workers=1)
     bus.subscribe("qkd/v1/telemetry/+/km0-km1", collect, qos=0)
+    bus.subscribe("qkd/v1/alarm/km0-km1", lambda t, p, m: alarms.append(p))
     bus.start()
     try:
-        assert main(["eve", str(lab.lab.path), "km1:km0", "--fraction", "0.5"]) == 0
-        assert "intercept-resend on 50% of the pulses" in capsys.readouterr().out
-        first = a.health()["eve_since_block"]
-        # published telemetry of both ends: QBER e_d + f (1/4 - e_d/2) = 0.150, above 0.11
-        for node in ("km0", "km1"):
-            wait_for(lambda node=node: [t for t in list(seen) if t["node"] == node
-                                        and t["eve_fraction"] == 0.5
-                                        and (t["qber"] or 0) > 0.11], 60,
-                     f"QBER above threshold published by {node}")
-        high = [t["qber"] for t in list(seen) if t["qber"] and t["qber"] > 0.11]
-        assert all(0.12 < q < 0.18 for q in high), high
-        wait_for(lambda: b.health()["current_block"] > first + 12, 120, "blocks with Eve")
-        ha, hb = a.health(), b.health()
-        attacked = hb["eve_since_block"]
-        assert attacked in (first, first + 1)
-        assert ha["last_ok_block"] <= attacked and hb["last_ok_block"] <= attacked
-        # once the blocks sent before Eve came are through, no more key is made
-        wait_for(lambda: (lambda h: h["oldest_open_block"] > attacked
-                          and h["pending_blocks"] == 0)(a.health()), 120, "older blocks done")
-        made = a.health()["secret_bits_total"], b.health()["secret_bits_total"]
-        wait_for(lambda: [t for t in sorted(list(seen), key=lambda t: t["ts"])[-4:]
-                          if t["skr_bps"] == 0], 60, "telemetry showing no key")
-        ha, hb = a.health(), b.health()
-        assert (ha["secret_bits_total"], hb["secret_bits_total"]) == made
-        assert ha["last_ok_block"] <= attacked and hb["last_ok_block"] <= attacked
+        try:
+            assert main(["eve", str(lab.lab.path), "km1:km0", "--fraction", "0.5"]) == 0
+            assert "intercept-resend on 50% of the pulses" in capsys.readouterr().out
+            first = a.health()["eve_since_block"]
+            # published telemetry of both ends: QBER e_d + f (1/4 - e_d/2) = 0.150, above 0.11
+            for node in ("km0", "km1"):
+                wait_for(lambda node=node: [t for t in list(seen) if t["node"] == node
+                                            and t["eve_fraction"] == 0.5
+                                            and (t["qber"] or 0) > 0.11], 60,
+                         f"QBER above threshold published by {node}")
+            high = [t["qber"] for t in list(seen) if t["qber"] and t["qber"] > 0.11]
+            assert all(0.12 < q < 0.18 for q in high), high
+            wait_for(lambda: b.health()["current_block"] > first + 12, 120, "blocks with Eve")
+            ha, hb = a.health(), b.health()
+            attacked = hb["eve_since_block"]
+            assert attacked in (first, first + 1)
+            assert ha["last_ok_block"] <= attacked and hb["last_ok_block"] <= attacked
+            # once the blocks sent before Eve came are through, no more key is made
+            wait_for(lambda: (lambda h: h["oldest_open_block"] > attacked
+                              and h["pending_blocks"] == 0)(a.health()), 120, "older blocks done")
+            made = a.health()["secret_bits_total"], b.health()["secret_bits_total"]
+            wait_for(lambda: [t for t in sorted(list(seen), key=lambda t: t["ts"])[-4:]
+                              if t["skr_bps"] == 0], 60, "telemetry showing no key")
+            ha, hb = a.health(), b.health()
+            assert (ha["secret_bits_total"], hb["secret_bits_total"]) == made
+            assert ha["last_ok_block"] <= attacked and hb["last_ok_block"] <= attacked
+        finally:
+            main(["eve", str(lab.lab.path), "km0:km1", "--off"])
+        wait_for(lambda: b.health()["last_ok_block"] > attacked, 120, "key after Eve left")
+        # leave the shared lab as found: the monitoring's alarm on the link cleared
+        wait_for(lambda: alarms and alarms[-1].get("kind") == "clear", 120,
+                 "the km0-km1 alarm to clear")
     finally:
-        main(["eve", str(lab.lab.path), "km0:km1", "--off"])
         bus.stop()
-    wait_for(lambda: b.health()["last_ok_block"] > attacked, 120, "key after Eve left")

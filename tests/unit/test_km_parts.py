@@ -74,6 +74,24 @@ def test_scheduler_runs_highest_priority_first_when_key_arrives():
     assert order == ["high", "prefetch-high", "mid", "low"]
 
 
+def test_scheduler_drops_jobs_of_ended_sessions_instead_of_blocking_the_link():
+    """A big job of a session that ended (it could never run: the pool is too small) must
+    not hold up the jobs queued behind it."""
+    sched = LinkScheduler("l", lambda: 100).start()
+    live = {"big": True}
+    ran = []
+    big = sched.submit(Job(priority=9, prefetch=False, session_id="big", need_bytes=10**9,
+                           run=lambda: ran.append("big"), alive=lambda: live["big"]))
+    small = sched.submit(Job(priority=1, prefetch=False, session_id="small", need_bytes=10,
+                             run=lambda: ran.append("small")))
+    assert not small.done.wait(0.3)  # behind the higher-priority job, as it should be
+    live["big"] = False  # its session ended
+    sched.key_arrived()
+    assert small.done.wait(5) and big.done.wait(5)
+    sched.stop()
+    assert ran == ["small"]
+
+
 def test_scheduler_reports_errors_to_the_waiter():
     sched = LinkScheduler("l", lambda: 100).start()
 

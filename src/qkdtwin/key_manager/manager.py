@@ -50,6 +50,7 @@ from qkdtwin.key_manager.token_bucket import TokenBucket
 
 log = logging.getLogger("qkdtwin.key_manager")
 RELAY_BATCH = 512  # end-to-end keys per relay message
+MAX_RUN_AHEAD = 1024  # ETSI 004: how far beyond the stream's front an index may be asked
 RELAY_RETRY_S = (1.0, 8.0)  # first and longest wait before an unacknowledged relay is resent
 RESYNC_GAP_S = 1.0  # at most one config_resync per session and second
 
@@ -539,9 +540,13 @@ class KeyManager:
     def _take_src(self, s: Session, number: int, size: int, sae: str) -> list[E2EKey]:
         keys = self._take_ready(s, size, number, sae)
         deadline = time.monotonic() + self.cfg.request_wait_s
+        relay_failed = False
         while not keys:
             left = deadline - time.monotonic()
             if left <= 0 or not s.live:
+                if relay_failed:
+                    raise KmError("unavailable", "the relay of keys towards the slave's KM"
+                                  " did not go through in time; retry later")
                 return []
             extra = self.cfg.prefetch_keys if size == s.key_size else 0
             job = self._produce(s, number + extra, size, prefetch=False)
@@ -551,7 +556,13 @@ class KeyManager:
             if job.error is not None:
                 log.warning("key production failed: %s", job.error,
                             extra={"session_id": s.session_id})
-                if isinstance(job.error, KmError) and job.error.kind != "insufficient":
+                if isinstance(job.error, KmError) and job.error.kind == "unavailable" \
+                        and job.error.message.startswith("relay to "):
+                    # a hop further on could not relay (no link key there yet, a KM
+                    # restarting): the keys stay pending and are sent again; wait like for
+                    # key, and never show the application the path's internal addresses
+                    relay_failed = True
+                elif isinstance(job.error, KmError) and job.error.kind != "insufficient":
                     raise job.error
                 time.sleep(0.05)
             keys = self._take_ready(s, size, number, sae)
@@ -675,6 +686,11 @@ class KeyManager:
             idx = self.store.next_index(sid, side, self.store.counter(pos_name))
         else:
             idx = index
+            front = max(self.store.max_idx(sid), self.store.counter(pos_name))
+            if idx > front + MAX_RUN_AHEAD:
+                # it would make the source relay (and block its link for) that many chunks
+                raise KmError("bad_request", f"index {idx} is more than {MAX_RUN_AHEAD} chunks"
+                              f" ahead of the key stream (at {front})", status004=10)
         key_id = f"{sid}:{idx}"
         w = self.store.withdrawal(key_id, side)
         if w is not None:
@@ -794,6 +810,12 @@ class KeyManager:
 
     def _produce(self, s: Session, n: int, size: int, prefetch: bool) -> Job:
         e = self.forwarding.get(s.session_id)
+        if e is not None and e.next_hop in self.pool_by_peer:
+            # one job never needs more than a quarter of what the link's pool can hold (a
+            # bigger one would wait at the head of the queue for ever); callers ask again
+            pool = self.pool_by_peer[e.next_hop]
+            fit = pool.pc.max_keys * pool.key_bytes // 4 // (size // 8 + rl.MAC_KEY_BYTES)
+            n = max(1, min(n, fit))
 
         def run() -> int:
             return self._make_keys(s, n, size)
@@ -822,7 +844,7 @@ class KeyManager:
         need = math.ceil(need / pool.key_bytes) * pool.key_bytes
         return self.schedulers[pool.link].submit(Job(
             priority=s.priority, prefetch=prefetch, session_id=s.session_id, need_bytes=need,
-            run=run))
+            run=run, alive=lambda: s.live))
 
     def _maybe_prefetch(self, s: Session) -> None:
         if not s.live or s.role != "source":

@@ -26,6 +26,7 @@ class Job:
     result: Any = field(default=None, compare=False)
     error: BaseException | None = field(default=None, compare=False)
     cancelled: bool = field(default=False, compare=False)
+    alive: Callable[[], bool] = field(default=lambda: True, compare=False)  # its session
 
 
 class LinkScheduler:
@@ -69,7 +70,9 @@ class LinkScheduler:
         while True:
             with self._cond:
                 while not self._stop:
-                    while self._heap and self._heap[0].cancelled:
+                    # nobody waits for these any more (a session ended): never let them
+                    # block the queue
+                    while self._heap and (self._heap[0].cancelled or not self._heap[0].alive()):
                         heapq.heappop(self._heap).done.set()
                     if self._heap and self._available() >= self._heap[0].need_bytes:
                         job = heapq.heappop(self._heap)
