@@ -69,8 +69,10 @@ class Control:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def authenticate(self, cert: dict[str, str], peer_sae_id: str | None) -> dict[str, Any]:
-        """Ask access control whether this certificate's SAE may talk to ``peer_sae_id``."""
+    def authenticate(self, cert: dict[str, str], peer_sae_id: str | None,
+                     session_id: str | None = None) -> dict[str, Any]:
+        """Ask access control whether this certificate's SAE may talk to ``peer_sae_id``
+        (``session_id``: the session it asks for, named in access control's event)."""
         key = (cert["fingerprint"], peer_sae_id)
         now = time.monotonic()
         with self._lock:
@@ -82,7 +84,7 @@ class Control:
         try:
             rep = self.bus.request(topics.ACCESS_IN, {
                 "type": "authenticate", "km": self.node, "sae_id": cert["cn"], "cert": cert,
-                "peer_sae_id": peer_sae_id}, timeout=self.timeout_s)
+                "peer_sae_id": peer_sae_id, "session_id": session_id}, timeout=self.timeout_s)
         except RequestTimeout:
             raise ControlUnavailable("access control did not answer in time") from None
         if rep.get("ok"):

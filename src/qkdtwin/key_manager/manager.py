@@ -355,12 +355,13 @@ class KeyManager:
 
     # -- establishing a session (AUTHENTICATING → USER_ACCEPTED → OPERATIVE) -------------------
 
-    def authenticate(self, ident: Identity, peer_sae_id: str | None) -> dict[str, Any]:
+    def authenticate(self, ident: Identity, peer_sae_id: str | None,
+                     session_id: str | None = None) -> dict[str, Any]:
         if ident.ou != "sae":
             raise KmError("unauthorized", "client certificate is not an application (SAE)"
                           " certificate", status004=10)
         try:
-            rep = self.control.authenticate(ident.as_dict(), peer_sae_id)
+            rep = self.control.authenticate(ident.as_dict(), peer_sae_id, session_id)
         except ControlUnavailable as exc:
             raise KmError("unavailable", str(exc), status004=4) from None
         if not rep.get("ok"):
@@ -374,7 +375,7 @@ class KeyManager:
         self.control.event("session_request", s.session_id, api=api, sae_id=ident.cn,
                            peer_sae_id=peer)
         try:
-            rep = self.authenticate(ident, peer)
+            rep = self.authenticate(ident, peer, s.session_id)
         except KmError as exc:
             self.sessions.transition(s, TERMINATED, exc.message)
             raise
@@ -621,7 +622,7 @@ class KeyManager:
             if not (s.local_sae_id in (ident.cn, peer) and s.peer_sae_id in (ident.cn, peer)):
                 return OpenResult(5, s, "key_stream_id already in use")
             # the second application of a pair on this KM (or config came first)
-            self.authenticate(ident, peer)
+            self.authenticate(ident, peer, sid)
             s.apps[ident.cn] = "?"
             if s.live:
                 return OpenResult(0, s, "connected")
