@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,7 @@ def _deploy_twice_repair_fail_and_down(tmp_path, capsys):
         in_node(ns, "ip", "addr", "flush", "dev", "eth2")
         pid = in_node(ns, first_python(lab), *SUPERVISORCTL.split(), "pid").stdout.strip()
         os.kill(int(pid), 15)
+        _wait_gone(int(pid))  # it stops its programs first: a rollout before would see it
         # Only the role that owns both (keeps the test short as site.yml grows).
         base_only = tmp_path / "base.yml"
         base_only.write_text("- name: Base\n  hosts: all\n  gather_facts: false\n"
@@ -125,3 +127,19 @@ def first_python(lab) -> str:
 
     inv = yaml.safe_load(inventory_path(lab).read_text())
     return inv["all"]["vars"]["qkdtwin_python"]
+
+
+def _wait_gone(pid: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} still there after {timeout:g} s"
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped yet counts as gone)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
