@@ -20,6 +20,7 @@ USERS = {
     "sae-b0": {"user": "bob", "km": "km0", "max_priority": 3},
     "sae-b2": {"user": "bob", "km": "km2"},
     "sae-m2": {"user": "mallory", "km": "km2", "active": False},
+    "sae-c0": {"user": "carol", "km": "km0", "max_key_size": 128},
 }
 LINKS = [("km0", "km1"), ("km1", "km2")]
 
@@ -431,3 +432,19 @@ def test_004_pair_on_one_km_and_014_local_pair(lab):
     r = a0.post(f"{base}/api/v1/keys/sae-b0/dec_keys",
                 json={"key_IDs": [{"key_ID": k["key_ID"]} for k in keys]})
     assert r.status_code == 200 and r.json()["keys"] == keys
+
+
+def test_014_sizes_within_the_users_sla(lab):
+    """carol's SLA allows 128-bit keys (the KM's default is 256): STATUS says so, a request
+    without size gets 128-bit keys, a bigger size is refused with a clear 400."""
+    c0 = lab["saes"]["sae-c0"]
+    base = km(lab, "km0")
+    st = c0.get(f"{base}/api/v1/keys/sae-a1/status")
+    assert st.status_code == 200, st.text
+    assert st.json()["key_size"] == 128 and st.json()["max_key_size"] == 128
+    r = c0.post(f"{base}/api/v1/keys/sae-a1/enc_keys", json={"number": 2})
+    assert r.status_code == 200, r.text
+    assert [len(base64.b64decode(k["key"])) for k in r.json()["keys"]] == [16, 16]
+    r = c0.post(f"{base}/api/v1/keys/sae-a1/enc_keys", json={"size": 256})
+    assert r.status_code == 400
+    assert "exceeds the 128 bits the SLA of user carol allows" in r.json()["message"]

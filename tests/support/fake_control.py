@@ -86,7 +86,9 @@ class FakeControl:
             rep = {"ok": False, "reason": f"unknown peer SAE {p['peer_sae_id']}"}
         else:
             rep = {"ok": True, "user": u["user"], "sae_id": sae,
-                   "sla": {"max_priority": u.get("max_priority", 9)}}
+                   "sla": {"max_priority": u.get("max_priority", 9),
+                           **({"max_key_size": u["max_key_size"]} if "max_key_size" in u
+                              else {})}}
         self.bus.reply(msg, {"type": "auth_result", **rep})
 
     def _on_admission(self, topic: str, p: dict[str, Any], msg) -> None:

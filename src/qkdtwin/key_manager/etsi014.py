@@ -105,12 +105,13 @@ def enc_keys(slave: str) -> Response:
         else:
             body = json_body()
         number = _int_field(body.get("number", 1), "number")
-        size = _int_field(body.get("size", km.cfg.key_size), "size")
+        # no size: the session's key_size (the KM's, or less if the user's SLA caps it)
+        size = None if body.get("size") is None else _int_field(body["size"], "size")
         if not 1 <= number <= lim.max_keys_per_request:
             raise BadInput(f"number must be between 1 and {lim.max_keys_per_request}")
-        if size % 8:
+        if size is not None and size % 8:
             raise BadInput("size shall be a multiple of 8")
-        if not lim.min_key_size <= size <= lim.max_key_size:
+        if size is not None and not lim.min_key_size <= size <= lim.max_key_size:
             raise BadInput(f"size must be between {lim.min_key_size} and {lim.max_key_size}")
         extra_slaves = body.get("additional_slave_SAE_IDs")
         if extra_slaves not in (None, []):

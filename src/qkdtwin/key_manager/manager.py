@@ -383,6 +383,10 @@ class KeyManager:
         cap_bits = (rep.get("sla") or {}).get("max_key_size")
         if isinstance(cap_bits, int) and not isinstance(cap_bits, bool) and cap_bits > 0:
             s.qos["sla_max_key_size"] = cap_bits  # ETSI 014 sizes are checked per request
+            if api == "014" and cap_bits < s.key_size:
+                # the default size (status key_size) within what the user may have
+                s.key_size = max(8, cap_bits // 8 * 8)
+                qos = {**qos, "key_chunk_size": s.key_size // 8}
         if "priority" not in qos:
             # no priority asked for: the KM default, within what the user's SLA allows
             cap = (rep.get("sla") or {}).get("max_priority")
@@ -480,9 +484,10 @@ class KeyManager:
                                  "state": s.state},
         }
 
-    def enc_keys(self, ident: Identity, slave: str, number: int, size: int,
+    def enc_keys(self, ident: Identity, slave: str, number: int, size: int | None,
                  priority: int | None) -> list[E2EKey]:
         s = self.open_014(ident, slave, priority)
+        size = s.key_size if size is None else size
         cap = self._sla_key_bits(s)
         if cap is not None and size > cap:
             raise KmError("bad_request", f"size {size} exceeds the {cap} bits the SLA of user"
