@@ -263,6 +263,7 @@ def test_eavesdropper_on_a_link_in_use_reroutes_with_no_key_from_it(
     old_path = events.path_of(sid)
     link = link_id(*old_path[:2])
     got: list[tuple[float, int]] = []  # (request sent, index) of chunks equal at both ends
+    withdrawn: list[int] = []  # chunks sae-4 had before the alarm, withdrawn at sae-5's KM
     errors: list[BaseException] = []
     stop = threading.Event()
 
@@ -270,7 +271,15 @@ def test_eavesdropper_on_a_link_in_use_reroutes_with_no_key_from_it(
         while not stop.is_set():
             t0 = time.time()
             try:
-                idx, _ = same_chunk(sae, "sae-4", "sae-5", sid, timeout=90)
+                r = sae("sae-4").wait_key(sid, timeout=90)
+                assert r.status == 0, r.body
+                idx, key = r.body["index"], r.body["key_buffer"]
+                r2 = sae("sae-5").wait_key(sid, index=idx, timeout=90)
+                if r2.http == 410:  # docs/api.md: the peer's copy of a chunk that crossed
+                    assert r2.status == 10 and f"crossed link {link}" in r2.message, r2.body
+                    withdrawn.append(idx)
+                    continue
+                assert r2.status == 0 and r2.body["key_buffer"] == key, (idx, r2.body)
             except BaseException as exc:  # reported below
                 errors.append(exc)
                 return
@@ -300,7 +309,13 @@ def test_eavesdropper_on_a_link_in_use_reroutes_with_no_key_from_it(
         if eve_on:  # leave the lab as found
             assert main(["eve", str(deployed_star6.lab.path),
                          link.replace("-", ":"), "--off"]) == 0
+        if errors:  # free the user's session slot (SLA max_sessions) for the later tests
+            sae("sae-5").close(sid)
     assert not errors, errors
+    # a withdrawn chunk is one the destination KM withdrew for the compromised link
+    named = {i for e in events.of(sid, "keys_withdrawn") if e["element"] == "km5"
+             and e["link"] == link for i in e.get("indexes") or []}
+    assert set(withdrawn) <= named, (withdrawn, named)
     after = [idx for t, idx in got if t > alarm["_rx"]]
     assert len(after) >= 5, (len(got), after)
     routes: dict[int, list[str]] = {}
@@ -312,7 +327,8 @@ def test_eavesdropper_on_a_link_in_use_reroutes_with_no_key_from_it(
         assert link not in routes[idx], (idx, routes[idx], link)
     print(f"alarm {alarm['kind']} on {link}; path {old_path} -> {moved['path']}; "
           f"{len(got)} chunks equal at both ends, {len(after)} after the alarm; withdrawn: "
-          f"{sum(e.get('count', 0) for e in events.of(sid, 'keys_withdrawn'))}")
+          f"{sum(e.get('count', 0) for e in events.of(sid, 'keys_withdrawn'))} "
+          f"(of them already at sae-4: {withdrawn})")
     # the stream closes everywhere, the link clears once Eve has gone
     assert sae("sae-5").close(sid).status == 0
     closed_everywhere(events, sid, moved["path"], timeout=60)

@@ -143,6 +143,7 @@ class FakeControl:
                 "priority": prio, "bucket": dict(self.bucket), "timeout_s": self.timeout_s,
                 "local_sae_id": local,
                 "peer_sae_id": first["peer_sae_id"] if i == 0 else first["sae_id"],
+                "peer_km": path[-1] if i == 0 else path[0] if role == "destination" else None,
                 "user": first["user"], "api": first["api"], "update": False}
             with self._lock:
                 self.configs[(sid, km)] = cfg

@@ -155,9 +155,11 @@ def test_hop_entries_relay():
                                                                      "sae_id": "sae-3"}}
     e = hop_entries(["km2", "km0", "km3"], s)
     assert e["km2"] == {"role": "source", "prev_hop": None, "next_hop": "km0",
-                        "local_sae_id": "sae-2", "peer_sae_id": "sae-3"}
+                        "local_sae_id": "sae-2", "peer_sae_id": "sae-3", "peer_km": "km3"}
     assert e["km0"]["role"] == "transit" and e["km0"]["local_sae_id"] is None
+    assert e["km0"]["peer_km"] is None
     assert e["km3"]["prev_hop"] == "km0" and e["km3"]["peer_sae_id"] == "sae-2"
+    assert e["km3"]["peer_km"] == "km2"
 
 
 def test_monitoring_classification():

@@ -191,7 +191,7 @@ def test_telemetry_and_events_reach_the_broker_under_the_km_acl(link):
 
     wait_for(lambda: telemetry("km0") and telemetry("km1"), 15, "telemetry of both ends")
     t = telemetry("km1")[-1]
-    for field in ("qber", "skr_bps", "sifted_bps", "stored_bits", "realtime_factor",
+    for field in ("qber", "qber_block", "skr_bps", "sifted_bps", "stored_bits", "realtime_factor",
                   "eve_fraction", "status"):
         assert field in t
     assert t["type"] == "telemetry" and t["source"] == "qkd" and t["link"] == LINK
@@ -229,6 +229,7 @@ def test_eve_raises_the_qber_and_stops_key(link):
     ha, hb = a.health(), b.health()
     # expected QBER e_d + f (1/4 - e_d / 2) = 0.150 at f = 0.5
     assert 0.12 < hb["qber"] < 0.18 and abs(ha["qber"] - hb["qber"]) < 1e-9
+    assert hb["qber_block"] > eve_block  # a block sent wholly under attack
     assert hb["eve_fraction"] == 0.5  # Bob learns it from the channel stream
     # Bob sees the first attacked frame in the block Alice was emitting or the next one
     first_attacked = hb["eve_since_block"]

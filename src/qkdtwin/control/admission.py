@@ -56,9 +56,11 @@ def hop_entries(path: list[str], s: dict[str, Any]) -> dict[str, dict[str, Any]]
             else None
         peer = dst["sae_id"] if role == "source" else src["sae_id"] if role == "destination" \
             else None
+        # peer_km: the KME at the other end, the ETSI 014 status target_KME_ID
+        peer_km = path[-1] if role == "source" else path[0] if role == "destination" else None
         out[km] = {"role": role, "prev_hop": path[i - 1] if i > 0 else None,
                    "next_hop": path[i + 1] if i < len(path) - 1 else None,
-                   "local_sae_id": local, "peer_sae_id": peer}
+                   "local_sae_id": local, "peer_sae_id": peer, "peer_km": peer_km}
     return out
 
 

@@ -457,13 +457,6 @@ class KeyManager:
     def status_014(self, ident: Identity, slave: str) -> dict[str, Any]:
         s = self.open_014(ident, slave, None)
         e = self.forwarding.get(s.session_id)
-        if s.peer_km is None and e is not None and e.next_hop:
-            # the destination KM is named by the first relay acknowledgement (the prefetch
-            # started when the session was configured); make sure there is one
-            if not s.prefetching:
-                self._produce(s, 1, s.key_size, prefetch=False)
-            with s.cond:
-                s.cond.wait_for(lambda: s.peer_km is not None, self.cfg.request_wait_s)
         ready = self.store.ready_count(s.session_id, "src", s.key_size)
         link_bytes = 0
         if e and e.next_hop and self._next_link_alarm(s) is None:  # none usable under alarm
@@ -471,6 +464,7 @@ class KeyManager:
         lim = self.cfg.limits
         return {
             "source_KME_ID": self.node,
+            # peer_km comes with the configuration (or the first relay acknowledgement)
             "target_KME_ID": s.peer_km or (e.next_hop if e and e.next_hop else self.node),
             "master_SAE_ID": ident.cn, "slave_SAE_ID": slave,
             "key_size": s.key_size,

@@ -104,7 +104,7 @@ class Engine:
         secret = len(key_bytes(res)) * 8
         if outcome == "ok":
             self.last_ok_block = max(self.last_ok_block, block)
-        self.stats.block(secret, int(res.sifted_signal), qber, outcome)
+        self.stats.block(secret, int(res.sifted_signal), qber, outcome, block)
         was_ok = self.stats.last_ok
         self.stats.last_ok = outcome == "ok"
         if was_ok and outcome == "aborted":

@@ -57,7 +57,7 @@ class QkdModule:
     def healthz(self) -> dict[str, Any]:
         t = self.telemetry()
         return {"ok": True, "service": "qkd_module", **{k: t[k] for k in (
-            "node", "link", "side", "status", "qber", "skr_bps", "realtime_factor",
+            "node", "link", "side", "status", "qber", "qber_block", "skr_bps", "realtime_factor",
             "stored_bits", "eve_fraction", "blocks_ok", "blocks_aborted", "blocks_failed",
             "blocks_nokey",
             "secret_bits_total", "block_pulses", "time_scale")},

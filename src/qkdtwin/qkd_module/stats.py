@@ -32,6 +32,7 @@ class LinkStats:
         self.secret_bits_total = 0
         self.pulses_total = 0   # pulses emitted (Alice) or measured (Bob) since start
         self.last_qber: float | None = None
+        self.last_qber_block: int | None = None  # the block that QBER was estimated on
         self.last_block = ""
         self.last_ok = True
         self.registry = CollectorRegistry()
@@ -74,7 +75,7 @@ class LinkStats:
         self.m_pulses.inc(n)
 
     def block(self, secret_bits: int, sifted_bits: int, qber: float | None,
-              outcome: str) -> None:
+              outcome: str, block_id: int | None = None) -> None:
         now = time.monotonic()
         with self._lock:
             if outcome == "ok":
@@ -88,7 +89,7 @@ class LinkStats:
             self.secret_bits_total += secret_bits
             self._blocks.append((now, secret_bits, sifted_bits))
             if qber is not None:
-                self.last_qber = qber
+                self.last_qber, self.last_qber_block = qber, block_id
             self.last_block = outcome
         self.m_blocks.labels(outcome.split(":")[0]).inc()
         self.m_secret.inc(secret_bits)
@@ -119,6 +120,7 @@ class LinkStats:
             link_s = n_blocks * self.block_pulses / self.source_rate
             out = {
                 "qber": self.last_qber,
+                "qber_block": self.last_qber_block,
                 "skr_bps": secret / span,
                 "sifted_bps": sifted / span,
                 "realtime_factor": round(min(rtf, 10.0), 4),
