@@ -85,7 +85,7 @@ def keys(lab, km, sae, sid, indexes, patience_s=20.0):
             r = lab["saes"][sae].post(f"{lab['cluster'].url(km)}/api/v1/qkd004/get_key",
                                       json={"key_stream_id": sid, "index": i}, timeout=10)
             body = r.json()
-            if body["status"] != 2 or time.monotonic() > deadline:
+            if body["status"] not in (2, 3) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert body["status"] == 0, body
@@ -101,7 +101,7 @@ def next_keys(lab, km, sae, sid, n, patience_s=20.0):
         while True:
             body = lab["saes"][sae].post(f"{lab['cluster'].url(km)}/api/v1/qkd004/get_key",
                                          json={"key_stream_id": sid}, timeout=10).json()
-            if body["status"] != 2 or time.monotonic() > deadline:
+            if body["status"] not in (2, 3) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert body["status"] == 0, body

@@ -102,7 +102,7 @@ def test_004_pair_same_stream(lab):
         while True:
             g = a0.post(f"{km(lab, 'km0')}/api/v1/qkd004/get_key",
                         json={"key_stream_id": sid}).json()
-            if g["status"] != 2 or time.time() > deadline:
+            if g["status"] not in (2, 3) or time.time() > deadline:  # 3: config on its way
                 return g
             time.sleep(0.1)
 

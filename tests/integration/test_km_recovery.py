@@ -40,11 +40,12 @@ def _get(lab, sae: str, node: str, sid: str, index: int | None = None) -> dict:
 
 def _get_until(lab, sae: str, node: str, sid: str, index: int | None = None,
                timeout: float = 30.0) -> dict:
-    """GET_KEY until status 0 (2 = not there yet is waiting, not failing), or give up."""
+    """GET_KEY until status 0 (2 = not there yet, 3 = configuration on its way: waiting, not
+    failing), or give up."""
     deadline = time.time() + timeout
     while True:
         g = _get(lab, sae, node, sid, index)
-        if g.get("status") != 2 or time.time() > deadline:
+        if g.get("status") not in (2, 3) or time.time() > deadline:
             return g
         time.sleep(0.2)
 
