@@ -25,6 +25,9 @@ Log = Callable[[str], None]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SITE_PLAYBOOK = REPO_ROOT / "playbooks" / "site.yml"
+# The static inventory every lab's generated one is combined with: its directory holds the
+# site's group_vars (inventory/group_vars/), which Ansible loads beside each inventory source.
+SITE_INVENTORY = REPO_ROOT / "inventory" / "groups.yml"
 
 # `km0   : ok=11   changed=0    unreachable=0    failed=0    skipped=4 ...`
 _RECAP_LINE = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$")
@@ -181,12 +184,18 @@ def ansible_env() -> dict[str, str]:
     return env
 
 
+def inventory_args(inventory: Path) -> list[str]:
+    """`-i` options for a lab's generated inventory: the site's groups (and group_vars) first,
+    so that the lab's own variables and hosts come from the generated file."""
+    return ["-i", str(SITE_INVENTORY), "-i", str(inventory)]
+
+
 def run_playbook(inventory: Path, playbook: Path = SITE_PLAYBOOK, *, log: Log = print,
                  verbose: bool = False, extra_args: list[str] | None = None) -> PlaybookResult:
     """Run ansible-playbook, streaming its progress to `log`; return the recap."""
     if not playbook.is_file():
         raise UserError(f"no such playbook: {playbook}")
-    argv = [ansible_playbook_executable(), "-i", str(inventory), str(playbook),
+    argv = [ansible_playbook_executable(), *inventory_args(inventory), str(playbook),
             *(extra_args or [])]
     start = time.monotonic()
     condenser = None if verbose else _Condenser(log, start)

@@ -128,6 +128,32 @@ def test_written_inventory_is_read_by_ansible(line3):
     assert listed["_meta"]["hostvars"]["ctl"]["qkdtwin_elements"]["routing"] == "ctl"
 
 
+def test_site_group_vars_seed_access_control_with_the_lab_users(line3):
+    """inventory/group_vars/ applies beside the generated inventory: the access node gets
+    access_control_users = the lab's users; other nodes do not get it."""
+    from qkdtwin.deploy import SITE_INVENTORY, ansible_env, inventory_args
+
+    path = write_inventory(line3, python=sys.executable)
+    assert inventory_args(path) == ["-i", str(SITE_INVENTORY), "-i", str(path)]
+    exe = Path(sys.executable).parent / "ansible"
+    if not exe.exists():
+        pytest.skip("ansible not installed")
+
+    def var(host: str, name: str):
+        # debug runs on the controller: no connection to the (not running) lab is made.
+        out = subprocess.run([str(exe), *inventory_args(path), host, "-o", "-m", "debug",
+                              "-a", f"var={name}"], capture_output=True, text=True,
+                             timeout=60, env=ansible_env(), cwd=ROOT, check=True).stdout
+        return json.loads(out.split("=>", 1)[1])[name]
+
+    users = var("ctl", "access_control_users")
+    assert [u["name"] for u in users] == [u.name for u in line3.users]
+    assert users == json.loads(json.dumps([u.as_dict() for u in line3.users]))
+    assert var("ctl", "access_control_seed_overwrite") is False
+    undefined = var("km0", "access_control_users")  # Ansible's wording varies by version
+    assert isinstance(undefined, str) and "defined" in undefined.lower()
+
+
 def test_connection_plugin_documentation():
     spec = importlib.util.spec_from_file_location(
         "netns_plugin", ROOT / "plugins" / "connection" / "netns.py")
