@@ -13,7 +13,7 @@ import pytest
 
 from qkdtwin import bus
 from tests.support.control import ControlPlane, make_bus, telemetry, wait_for
-from tests.support.km_cluster import KmCluster, sae_session
+from tests.support.km_cluster import KmCluster, get_key_until, sae_session
 
 pytestmark = pytest.mark.integration
 
@@ -80,14 +80,8 @@ def keys(lab, km, sae, sid, indexes, patience_s=20.0):
     short QoS timeout) is asked again, as an application would, for up to ``patience_s``."""
     out = []
     for i in indexes:
-        deadline = time.monotonic() + patience_s
-        while True:
-            r = lab["saes"][sae].post(f"{lab['cluster'].url(km)}/api/v1/qkd004/get_key",
-                                      json={"key_stream_id": sid, "index": i}, timeout=10)
-            body = r.json()
-            if body["status"] not in (2, 3) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        body = get_key_until(lab["saes"][sae], lab["cluster"].url(km), sid, i,
+                             patience_s=patience_s).json()
         assert body["status"] == 0, body
         out.append(body["key_buffer"])
     return out
@@ -97,13 +91,8 @@ def next_keys(lab, km, sae, sid, n, patience_s=20.0):
     """GET_KEY without index ``n`` times: [(index, key_buffer)]."""
     out = []
     for _ in range(n):
-        deadline = time.monotonic() + patience_s
-        while True:
-            body = lab["saes"][sae].post(f"{lab['cluster'].url(km)}/api/v1/qkd004/get_key",
-                                         json={"key_stream_id": sid}, timeout=10).json()
-            if body["status"] not in (2, 3) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        body = get_key_until(lab["saes"][sae], lab["cluster"].url(km), sid,
+                             patience_s=patience_s).json()
         assert body["status"] == 0, body
         out.append((body["index"], body["key_buffer"]))
     return out

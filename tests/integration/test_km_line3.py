@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.support.km_cluster import km_lab, sae_session
+from tests.support.km_cluster import get_key_until, km_lab, sae_session
 
 pytestmark = pytest.mark.integration
 
@@ -98,13 +98,7 @@ def test_004_pair_same_stream(lab):
     def get0():
         # the QoS timeout is 200 ms: on a busy machine the first chunk may take longer to
         # cross the path (status 2, nothing consumed); ask again
-        deadline = time.time() + 10
-        while True:
-            g = a0.post(f"{km(lab, 'km0')}/api/v1/qkd004/get_key",
-                        json={"key_stream_id": sid}).json()
-            if g["status"] not in (2, 3) or time.time() > deadline:  # 3: config on its way
-                return g
-            time.sleep(0.1)
+        return get_key_until(a0, km(lab, "km0"), sid, patience_s=10, pause_s=0.1).json()
 
     got0 = [get0() for _ in range(3)]
     got2 = [a2.post(f"{km(lab, 'km2')}/api/v1/qkd004/get_key",

@@ -19,7 +19,7 @@ import requests
 
 from qkdtwin import bus as topics
 from qkdtwin.key_manager.sessions import session_id_014
-from tests.support.km_cluster import km_lab
+from tests.support.km_cluster import get_key_until, km_lab
 
 pytestmark = pytest.mark.integration
 
@@ -78,13 +78,10 @@ def test_no_key_that_crossed_a_link_is_delivered_after_its_alarm(lab):
                         timeout=20)
 
     def next_chunk(sae, url):
-        deadline = time.time() + 15
-        while True:
-            g = get(sae, url).json()
-            if g["status"] not in (2, 3) or time.time() > deadline:  # 3: config on its way
-                assert g["status"] == 0, g
-                return g
-            time.sleep(0.05)
+        g = get_key_until(sae, url, sid4, patience_s=15, pause_s=0.05,
+                          http_timeout_s=20).json()
+        assert g["status"] == 0, g
+        return g
 
     def pair():
         g0, g2 = next_chunk(a0, u0), next_chunk(a2, u2)

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.support.km_cluster import km_lab
+from tests.support.km_cluster import get_key_until, km_lab
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +40,10 @@ def _get(lab, sae: str, node: str, sid: str, index: int | None = None) -> dict:
 
 def _get_until(lab, sae: str, node: str, sid: str, index: int | None = None,
                timeout: float = 30.0) -> dict:
-    """GET_KEY until status 0 (2 = not there yet, 3 = configuration on its way: waiting, not
-    failing), or give up."""
-    deadline = time.time() + timeout
-    while True:
-        g = _get(lab, sae, node, sid, index)
-        if g.get("status") not in (2, 3) or time.time() > deadline:
-            return g
-        time.sleep(0.2)
+    """GET_KEY until an answer that is not 'ask again' (km_cluster.GET_KEY_AGAIN), or give up."""
+    r = get_key_until(lab["saes"][sae], lab["cluster"].url(node), sid, index,
+                      patience_s=timeout)
+    return {**r.json(), "http": r.status_code}
 
 
 def _open(lab) -> str:

@@ -146,6 +146,28 @@ def sae_session(ca: TestCA, sae: str, user: str) -> requests.Session:
     return s
 
 
+# ETSI 004 GET_KEY answers that mean "ask again", as an application would: 2 = no key yet
+# (e.g. a relay still under way after a short QoS timeout), 3 = the session's configuration
+# is still on its way to this KM (it can arrive just after the peer's OPEN_CONNECT said 0).
+GET_KEY_AGAIN = (2, 3)
+
+
+def get_key_until(sae: requests.Session, km_url: str, key_stream_id: str,
+                  index: int | None = None, *, patience_s: float = 20.0, pause_s: float = 0.2,
+                  http_timeout_s: float = 10.0) -> requests.Response:
+    """ETSI 004 GET_KEY (next position, or `index`) until the answer is not one of
+    GET_KEY_AGAIN or `patience_s` has passed; the last answer."""
+    body: dict[str, Any] = {"key_stream_id": key_stream_id}
+    if index is not None:
+        body["index"] = index
+    deadline = time.monotonic() + patience_s
+    while True:
+        r = sae.post(f"{km_url}/api/v1/qkd004/get_key", json=body, timeout=http_timeout_s)
+        if r.json().get("status") not in GET_KEY_AGAIN or time.monotonic() > deadline:
+            return r
+        time.sleep(pause_s)
+
+
 @contextlib.contextmanager
 def km_lab(directory: Path, ca: TestCA, users: dict, links: list[tuple[str, str]],
            **cluster_kwargs: Any) -> Iterator[dict[str, Any]]:
