@@ -1,13 +1,17 @@
 """The MQTT bus between control elements and key managers.
 
 Topics follow DESIGN.md §5 under the prefix ``qkd/v1/``. Payloads are JSON objects that
-carry ``type``, ``session_id`` (where it applies) and ``ts``. The :class:`Bus` wraps a paho
+carry ``type``, ``session_id`` (where it applies), ``ts`` and the schema version ``v``; their
+definitions are in :mod:`qkdtwin.messages`. The :class:`Bus` wraps a paho
 MQTT v5 client over TLS with client certificates and adds what every element needs:
 
 * subscriptions that survive reconnects (the broker may restart at any time),
 * handlers run on a worker pool, so a handler may itself make a request,
 * request/reply with MQTT v5 response topic and correlation data,
-* one-line event publishing on ``qkd/v1/events/<element>``.
+* one-line event publishing on ``qkd/v1/events/<element>``,
+* a malformed payload (too large, not JSON, not an object, or refused by a handler's
+  :func:`qkdtwin.messages.decode`) is logged with its reason and dropped; no handler error
+  reaches the receiving loop.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from qkdtwin.messages import BadMessage, Event, parse_json
 
 PREFIX = "qkd/v1"
 log = logging.getLogger("qkdtwin.bus")
@@ -192,11 +198,16 @@ class Bus:
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         try:
-            payload = json.loads(msg.payload or b"{}")
-            if not isinstance(payload, dict):
-                raise ValueError("payload is not a JSON object")
-        except ValueError as exc:
-            log.warning("dropping malformed message on %s: %s", msg.topic, exc)
+            self._dispatch(msg)
+        except Exception:  # never let an error reach (and stop) paho's network thread
+            log.exception("dispatching a message on %s failed", msg.topic,
+                          extra={"topic": msg.topic})
+
+    def _dispatch(self, msg: mqtt.MQTTMessage) -> None:
+        try:
+            payload = parse_json(msg.payload or b"{}")
+        except BadMessage as exc:
+            dropped(msg.topic, exc)
             return
         props = getattr(msg, "properties", None)
         message = Message(
@@ -219,8 +230,11 @@ class Bus:
     def _run_handler(self, handler: Handler, message: Message) -> None:
         try:
             handler(message.topic, message.payload, message)
+        except BadMessage as exc:
+            dropped(message.topic, exc)
         except Exception:  # a handler bug must not kill the element
-            log.exception("handler for %s failed", message.topic)
+            log.exception("handler for %s failed", message.topic,
+                          extra={"topic": message.topic})
 
     # -- sending --
 
@@ -261,9 +275,11 @@ class Bus:
 
     def event(self, kind: str, session_id: str | None = None, **fields: Any) -> None:
         """Publish one event of this element on ``qkd/v1/events/<element>``."""
-        body: dict[str, Any] = {"type": "event", "ts": now(), "element": self.client_id,
-                                "kind": kind}
-        if session_id is not None:
-            body["session_id"] = session_id
-        body.update(fields)
-        self.publish(events(self.client_id), body)
+        body = Event(element=self.client_id, kind=kind, session_id=session_id, extra=fields)
+        self.publish(events(self.client_id), body.to_payload())
+
+
+def dropped(topic: str, exc: BadMessage) -> None:
+    """Log a refused payload: one warning line with the topic and the reason."""
+    log.warning("dropping malformed message on %s: %s", topic, exc.reason,
+                extra={"topic": topic, "reason": exc.reason, "msg_type": exc.msg_type})
