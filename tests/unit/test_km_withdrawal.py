@@ -166,7 +166,8 @@ def _relay_to_km9(km, sid, key_id, value, route):
 
 
 def _alarm(km, link, kind, ts):
-    km.on_alarm(f"qkd/v1/alarm/{link}", {"type": "alarm", "link": link, "kind": kind, "ts": ts})
+    km.quarantine.on_alarm(f"qkd/v1/alarm/{link}",
+                           {"type": "alarm", "link": link, "kind": kind, "ts": ts})
 
 
 def test_km_refuses_relays_over_or_across_a_link_under_alarm(km9):
@@ -176,17 +177,17 @@ def test_km_refuses_relays_over_or_across_a_link_under_alarm(km9):
     value = os.urandom(32)
     _alarm(km, "km8-km9", "link_down", 1.0)
     with pytest.raises(rl.RelayError) as exc:
-        km.ext_keys("km8", _relay_to_km9(km, sid, "s1:0", value, route))
+        km.relay_in.ext_keys("km8", _relay_to_km9(km, sid, "s1:0", value, route))
     assert exc.value.status == 503 and "link km8-km9 is under alarm (link_down" in str(exc.value)
     _alarm(km, "km8-km9", "clear", 2.0)
     _alarm(km, "km7-km8", "qber_suspicious", 3.0)  # upstream: the relay crossed it
     with pytest.raises(rl.RelayError) as exc:
-        km.ext_keys("km8", _relay_to_km9(km, sid, "s1:0", value, route))
+        km.relay_in.ext_keys("km8", _relay_to_km9(km, sid, "s1:0", value, route))
     assert exc.value.status == 409 and "crossed link km7-km8" in str(exc.value)
     assert km.health()["alarms"] == {"km7-km8": "qber_suspicious"}
     _alarm(km, "km7-km8", "clear", 4.0)
     # accepted: stored with its route, which the acknowledgement returns to the source
-    ack = km.ext_keys("km8", _relay_to_km9(km, sid, "s1:0", value, route))
+    ack = km.relay_in.ext_keys("km8", _relay_to_km9(km, sid, "s1:0", value, route))
     assert ack["route"] == route and ack["key_IDs"] == [{"key_ID": "s1:0"}]
     assert ack["withdrawn_key_IDs"] == []
     assert km.store._db.execute("SELECT via FROM e2e_keys WHERE key_id='s1:0'").fetchone() == (
@@ -197,10 +198,12 @@ def test_km_refuses_relays_over_or_across_a_link_under_alarm(km9):
     assert km.store.withdrawal("s1:0", "dst").link == "km7-km8"
     assert km.metrics.withdrawn.labels(link="km7-km8", side="dst")._value.get() == 1
     _alarm(km, "km7-km8", "clear", 6.0)
-    ack = km.ext_keys("km8", _relay_to_km9(km, sid, "s1:0", value, ["km6-km8", "km8-km9"]))
+    ack = km.relay_in.ext_keys("km8", _relay_to_km9(km, sid, "s1:0", value,
+                                                     ["km6-km8", "km8-km9"]))
     assert ack["key_IDs"] == [] and ack["withdrawn_key_IDs"] == [
         {"key_ID": "s1:0", "link": "km7-km8", "alarm": "qber_high"}]
     assert km.store.ready_count(sid, "dst") == 0
     # a route that does not end with the link the message came on
     with pytest.raises(rl.RelayError, match="ends with"):
-        km.ext_keys("km8", _relay_to_km9(km, sid, "s1:1", value, ["km8-km9", "km7-km8"]))
+        km.relay_in.ext_keys("km8", _relay_to_km9(km, sid, "s1:1", value,
+                                                  ["km8-km9", "km7-km8"]))

@@ -7,68 +7,25 @@ Every non-2xx answer is JSON with a ``message`` (ETSI 014 error shape, ETSI 004 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from qkdtwin.key_manager import identity
-from qkdtwin.key_manager.manager import KeyManager, KmError
+from qkdtwin.key_manager.etsi004 import bp as etsi004
+from qkdtwin.key_manager.etsi014 import bp as etsi014
+from qkdtwin.key_manager.http import error
+from qkdtwin.key_manager.kmapi import bp as kmapi
+from qkdtwin.key_manager.manager import KeyManager
 
 log = logging.getLogger("qkdtwin.key_manager.http")
 KMAPI_MAX_BODY = 16 << 20
 
 
-class BadInput(Exception):
-    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details or []
-
-
-def error(code: int, message: str, details: list[dict[str, Any]] | None = None,
-          **extra: Any) -> Response:
-    body: dict[str, Any] = {"message": message}
-    if details:
-        body["details"] = details
-    body.update({k: v for k, v in extra.items() if v is not None})
-    resp = jsonify(body)
-    resp.status_code = code
-    return resp
-
-
-def json_body(allow_empty: bool = True) -> dict[str, Any]:
-    """The request body as a JSON object ({} when empty and allowed)."""
-    raw = request.get_data(cache=False)
-    if not raw.strip():
-        if allow_empty:
-            return {}
-        raise BadInput("request body must be a JSON object")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInput(f"malformed JSON body: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadInput("request body must be a JSON object")
-    return data
-
-
-def caller() -> identity.Identity:
-    ident = g.get("identity")
-    if ident is None:
-        raise KmError("unauthorized", "a client certificate issued by the lab CA is required")
-    return ident
-
-
 def create_app(km: KeyManager) -> Flask:
-    from qkdtwin.key_manager.etsi004 import bp as etsi004
-    from qkdtwin.key_manager.etsi014 import bp as etsi014
-    from qkdtwin.key_manager.kmapi import bp as kmapi
-
     app = Flask("qkdtwin.key_manager")
     app.config["MAX_CONTENT_LENGTH"] = km.cfg.limits.max_body_bytes
     app.config["KM"] = km

@@ -13,8 +13,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from qkdtwin.key_manager.app import BadInput, caller, error, json_body
-from qkdtwin.key_manager.manager import KeyManager, KmError
+from qkdtwin.key_manager.errors import KmError
+from qkdtwin.key_manager.http import BadInput, caller, error, json_body
+from qkdtwin.key_manager.manager import KeyManager
 
 bp = Blueprint("etsi004", __name__, url_prefix="/api/v1/qkd004")
 
@@ -95,7 +96,7 @@ def open_connect() -> Response:
             raise BadInput("source and destination must differ")
         qos = _qos(body.get("qos"), km)
         sid = _stream_id(body, required=False)
-        res = km.open_connect(ident, source, destination, qos, sid)
+        res = km.etsi004.open_connect(ident, source, destination, qos, sid)
         out_qos = dict(res.session.qos.get("counter_qos") or qos) if res.status == 7 else {
             **qos, "key_chunk_size": res.session.key_size // 8}
         return jsonify({"status": res.status, "key_stream_id": res.session.session_id,
@@ -123,7 +124,7 @@ def get_key() -> Response:
                 if isinstance(meta["size"], bool) or not isinstance(meta["size"], int):
                     raise BadInput("metadata.size must be an integer")
                 meta_size = meta["size"]
-        out = km.get_key(ident, sid, index, meta_size)
+        out = km.etsi004.get_key(ident, sid, index, meta_size)
         out["key_stream_id"] = sid
         return jsonify(out)
     return _handle(run)
@@ -136,7 +137,7 @@ def close() -> Response:
         ident = caller()
         body = json_body(allow_empty=False)
         sid = _stream_id(body, required=True)
-        out = km.close(ident, sid)
+        out = km.etsi004.close(ident, sid)
         out["key_stream_id"] = sid
         return jsonify(out)
     return _handle(run)

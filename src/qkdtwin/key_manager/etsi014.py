@@ -8,8 +8,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from qkdtwin.key_manager.app import BadInput, caller, error, json_body
-from qkdtwin.key_manager.manager import KeyManager, KmError
+from qkdtwin.key_manager.errors import KmError
+from qkdtwin.key_manager.http import BadInput, caller, error, json_body
+from qkdtwin.key_manager.manager import KeyManager
 
 bp = Blueprint("etsi014", __name__, url_prefix="/api/v1/keys")
 
@@ -86,7 +87,7 @@ def _container(keys: list) -> Response:
 def status(slave: str) -> Response:
     def run() -> Response:
         _check_sae_id(slave, "slave_SAE_ID")
-        return jsonify(_km().status_014(caller(), slave))
+        return jsonify(_km().etsi014.status(caller(), slave))
     return _handle(run)
 
 
@@ -124,7 +125,7 @@ def enc_keys(slave: str) -> Response:
         prio = _priority(mandatory, optional)
         if ident.cn == slave:
             raise BadInput("the master SAE cannot be its own slave")
-        keys = km.enc_keys(ident, slave, number, size, prio)
+        keys = km.etsi014.enc_keys(ident, slave, number, size, prio)
         return _container(keys)
     return _handle(run)
 
@@ -158,6 +159,6 @@ def dec_keys(master: str) -> Response:
             raise BadInput("a key_ID is named more than once")
         if any(not i or len(i) > 128 for i in ids):
             raise BadInput("one or more keys specified are not found on KME")
-        keys = km.dec_keys(ident, master, ids)
+        keys = km.etsi014.dec_keys(ident, master, ids)
         return _container(keys)
     return _handle(run)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from qkdtwin.key_manager.app import BadInput, caller, error, json_body
-from qkdtwin.key_manager.manager import KeyManager, KmError
+from qkdtwin.key_manager.errors import KmError
+from qkdtwin.key_manager.http import BadInput, caller, error, json_body
+from qkdtwin.key_manager.manager import KeyManager
 from qkdtwin.key_manager.relay import RelayError
 
 bp = Blueprint("kmapi", __name__, url_prefix="/kmapi")
@@ -42,12 +43,12 @@ def versions() -> Response:
 
 @bp.post("/v1/ext_keys")
 def ext_keys() -> Response:
-    return _handle(lambda: jsonify(_km().ext_keys(_peer(), json_body(allow_empty=False))))
+    return _handle(lambda: jsonify(_km().relay_in.ext_keys(_peer(), json_body(allow_empty=False))))
 
 
 @bp.post("/v1/link_keys")
 def link_keys() -> Response:
-    return _handle(lambda: jsonify(_km().link_keys(_peer(), json_body(allow_empty=False))))
+    return _handle(lambda: jsonify(_km().relay_in.link_keys(_peer(), json_body(allow_empty=False))))
 
 
 @bp.post("/v1/demand")
@@ -59,6 +60,6 @@ def demand() -> Response:
         if not isinstance(sid, str) or isinstance(idx, bool) or not isinstance(idx, int) \
                 or idx < 0:
             raise BadInput("demand needs session_id (string) and index (integer >= 0)")
-        _km().demand(peer, sid, idx)
+        _km().relay_in.demand(peer, sid, idx)
         return jsonify({"ok": True})
     return _handle(run)

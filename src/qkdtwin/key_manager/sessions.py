@@ -157,6 +157,23 @@ class SessionTable:
             self._on_change(s, old, new)
         return True
 
+    def begin_exchange(self, s: Session) -> None:
+        """A key request of ``s`` starts: KEY_EXCHANGING while any is in flight."""
+        s.touch()
+        with s.cond:
+            s.exchanging += 1
+        if s.state == OPERATIVE:
+            self.transition(s, KEY_EXCHANGING)
+
+    def end_exchange(self, s: Session) -> None:
+        """A key request of ``s`` is answered: back to OPERATIVE after the last one."""
+        s.touch()
+        with s.cond:
+            s.exchanging -= 1
+            last = s.exchanging <= 0
+        if last and s.state == KEY_EXCHANGING:
+            self.transition(s, OPERATIVE)
+
     def purge(self, older_than_s: float = 600.0) -> None:
         """Forget sessions terminated long ago."""
         limit = time.monotonic() - older_than_s

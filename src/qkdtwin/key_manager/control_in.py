@@ -1,0 +1,98 @@
+"""Control plane in: ``session_config`` (a new session, or ``update`` after re-routing) and
+``session_delete`` from admission control, applied to the sessions and the forwarding
+table."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from qkdtwin.key_manager.forwarding import Entry
+from qkdtwin.key_manager.production import KeyProduction
+from qkdtwin.key_manager.sessions import OPERATIVE, TERMINATED, USER_ACCEPTED, Session
+from qkdtwin.key_manager.shared import Shared
+from qkdtwin.key_manager.token_bucket import TokenBucket
+
+log = logging.getLogger("qkdtwin.key_manager")
+
+
+class ControlInput:
+    def __init__(self, sh: Shared, production: KeyProduction,
+                 save: Callable[[Session], None], release: Callable[[Session], None]) -> None:
+        self.node = sh.node
+        self.control = sh.control
+        self.sessions = sh.sessions
+        self.forwarding = sh.forwarding
+        self.pool_by_peer = sh.pool_by_peer
+        self.retries = sh.retries
+        self.production = production
+        self.save = save
+        self.release = release
+
+    def on_config(self, p: dict[str, Any]) -> None:
+        """``session_config`` from admission control (new session or ``update``)."""
+        sid = p.get("session_id")
+        role = p.get("role")
+        if not isinstance(sid, str) or role not in ("source", "transit", "destination"):
+            log.warning("ignoring malformed session_config", extra={"payload": p})
+            return
+        prev_hop, next_hop = p.get("prev_hop"), p.get("next_hop")
+        for hop in (prev_hop, next_hop):
+            if hop is not None and hop not in self.pool_by_peer:
+                log.warning("session_config names %s, not a neighbour of %s", hop, self.node,
+                            extra={"session_id": sid})
+                self.control.event("config_refused", sid, reason=f"{hop} is not a neighbour")
+                return
+        s = self.sessions.get(sid)
+        if s is None or s.state == TERMINATED:
+            s = Session(session_id=sid, api=str(p.get("api", "014")), state=OPERATIVE)
+            self.sessions.put(s)
+            fresh = True
+        else:
+            fresh = False
+        with s.cond:
+            s.role = role
+            s.priority = int(p.get("priority", s.priority))
+            b = p.get("bucket") or {}
+            if b:
+                if s.bucket is None:
+                    s.bucket = TokenBucket(b.get("size_bits", 1e12), b.get("rate_bps", 1e12))
+                else:
+                    s.bucket.reconfigure(b.get("size_bits", 1e12), b.get("rate_bps", 1e12))
+            s.timeout_s = float(p.get("timeout_s", s.timeout_s))
+            s.local_sae_id = p.get("local_sae_id") or s.local_sae_id
+            s.peer_sae_id = p.get("peer_sae_id") or s.peer_sae_id
+            s.user = p.get("user") or s.user
+            if p.get("peer_km"):
+                s.peer_km = p["peer_km"]
+            s.touch()
+        old = self.forwarding.set(sid, Entry(role, prev_hop, next_hop))
+        if p.get("update") and old is not None:
+            self.control.event("forwarding_update", sid, role=role, prev_hop=prev_hop,
+                               next_hop=next_hop, old_prev_hop=old.prev_hop,
+                               old_next_hop=old.next_hop)
+            self.retries.forget(sid)  # pending relays may go over the new path right away
+        if s.state == USER_ACCEPTED:
+            self.sessions.transition(s, OPERATIVE)
+        else:
+            self.save(s)
+        self.control.event("session_configured", sid, role=role, prev_hop=prev_hop,
+                           next_hop=next_hop, priority=s.priority, fresh=fresh)
+        if role == "source":
+            self.production.maybe_prefetch(s)
+
+    def on_delete(self, p: dict[str, Any]) -> None:
+        """``session_delete``: the session ends here; confirmed to admission control."""
+        sid = p.get("session_id")
+        if not isinstance(sid, str):
+            return
+        s = self.sessions.get(sid)
+        self.forwarding.remove(sid)
+        if s is not None:
+            if p.get("counter_qos"):
+                s.qos["counter_qos"] = p["counter_qos"]
+            self.sessions.transition(s, TERMINATED, str(p.get("reason", "deleted")))
+            self.release(s)
+        self.control.deletion_confirm(sid)
+        self.control.event("session_deleted", sid, reason=p.get("reason"))

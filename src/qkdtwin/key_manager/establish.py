@@ -1,0 +1,88 @@
+"""Establishing a session, shared by the ETSI 014 and 004 services: authentication with
+access control, then ``config_request`` to admission control and the wait for its
+``session_config`` (AUTHENTICATING → USER_ACCEPTED → OPERATIVE, DESIGN.md §6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qkdtwin.key_manager.control import ControlUnavailable
+from qkdtwin.key_manager.errors import KmError
+from qkdtwin.key_manager.identity import Identity
+from qkdtwin.key_manager.sessions import TERMINATED, USER_ACCEPTED, Session
+from qkdtwin.key_manager.shared import Shared
+
+
+class Establishment:
+    def __init__(self, sh: Shared) -> None:
+        self.cfg = sh.cfg
+        self.control = sh.control
+        self.sessions = sh.sessions
+
+    def authenticate(self, ident: Identity, peer_sae_id: str | None,
+                     session_id: str | None = None) -> dict[str, Any]:
+        """Access control's ``auth_result`` for this SAE certificate and peer; refusals and
+        an unreachable control plane are KmError."""
+        if ident.ou != "sae":
+            raise KmError("unauthorized", "client certificate is not an application (SAE)"
+                          " certificate", status004=10)
+        try:
+            rep = self.control.authenticate(ident.as_dict(), peer_sae_id, session_id)
+        except ControlUnavailable as exc:
+            raise KmError("unavailable", str(exc), status004=4) from None
+        if not rep.get("ok"):
+            raise KmError("unauthorized", f"SAE {ident.cn} not authorised: "
+                          f"{rep.get('reason', 'refused by access control')}", status004=10)
+        return rep
+
+    def establish(self, s: Session, ident: Identity, peer: str, api: str,
+                  qos: dict[str, Any], wait_s: float) -> None:
+        """Drive a new session to OPERATIVE; on return it may still be USER_ACCEPTED (004)."""
+        self.control.event("session_request", s.session_id, api=api, sae_id=ident.cn,
+                           peer_sae_id=peer)
+        try:
+            rep = self.authenticate(ident, peer, s.session_id)
+        except KmError as exc:
+            self.sessions.transition(s, TERMINATED, exc.message)
+            raise
+        s.user = rep.get("user") or ident.o
+        cap_bits = (rep.get("sla") or {}).get("max_key_size")
+        if isinstance(cap_bits, int) and not isinstance(cap_bits, bool) and cap_bits > 0:
+            s.qos["sla_max_key_size"] = cap_bits  # ETSI 014 sizes are checked per request
+            if api == "014" and cap_bits < s.key_size:
+                # the default size (status key_size) within what the user may have
+                s.key_size = max(8, cap_bits // 8 * 8)
+                qos = {**qos, "key_chunk_size": s.key_size // 8}
+        if "priority" not in qos:
+            # no priority asked for: the KM default, within what the user's SLA allows
+            cap = (rep.get("sla") or {}).get("max_priority")
+            prio = self.cfg.default_priority
+            if isinstance(cap, int | float) and not isinstance(cap, bool):
+                prio = max(0, min(prio, int(cap)))
+            qos = {**qos, "priority": prio}
+            s.priority = prio
+        self.sessions.transition(s, USER_ACCEPTED)
+        try:
+            self.control.config_request(s.session_id, s.user or "", ident.cn, peer, api, qos)
+        except ControlUnavailable as exc:
+            self.sessions.transition(s, TERMINATED, str(exc))
+            raise KmError("unavailable", str(exc), status004=4) from None
+        with s.cond:
+            s.cond.wait_for(lambda: s.state != USER_ACCEPTED, wait_s)
+
+    @staticmethod
+    def wait_live(s: Session, wait_s: float) -> None:
+        with s.cond:
+            s.cond.wait_for(lambda: s.state != USER_ACCEPTED and s.state != "AUTHENTICATING",
+                            wait_s)
+
+    @staticmethod
+    def refusal(s: Session) -> KmError:
+        """The error to answer for a session the control plane ended or refused."""
+        reason = s.reason or "session terminated"
+        if reason.startswith("not authorised") or "not authorised" in reason:
+            return KmError("unauthorized", reason, status004=10)
+        return KmError("refused", f"request refused by the control plane: {reason}",
+                       status004=7 if s.qos.get("counter_qos") else 4,
+                       extra={"qos": s.qos.get("counter_qos")} if s.qos.get("counter_qos")
+                       else None)
