@@ -37,10 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.infra.labcopy
 
 from qkdtwin.deploy import REPO_ROOT, SITE_PLAYBOOK, ansible_env, deploy  # noqa: E402
-from qkdtwin.runtime import netns  # noqa: E402
+from qkdtwin.runtime.registry import get_runtime  # noqa: E402
 from qkdtwin.topology import load_lab  # noqa: E402
 from tests.infra.labcopy import copy_lab, lab_lock  # noqa: E402
 
+NETNS = get_runtime("netns")
 RESULT = ROOT / "benchmarks" / "results" / "deploy.json"
 
 
@@ -117,7 +118,7 @@ def main() -> int:
             playbook = _only_roles(playbook, args.only_roles.split(","), Path(tmp))
         roles = _roles(playbook)
         lab = load_lab(copy_lab(ROOT / "labs" / "star6.clab.yml", Path(tmp), "benchstar6", 236))
-        netns.down(lab, log=lambda _: None)
+        NETNS.down(lab, log=lambda _: None)
         load_before = os.getloadavg()
         try:
             first = timed_deploy(lab.path, playbook)
@@ -129,11 +130,11 @@ def main() -> int:
                       f"(changed={warm[-1]['changed']})", flush=True)
             base = baseline(lab.lab_dir / "ansible-inventory.yml")
             print(f"baseline (one no-op module run on every node): {base} s", flush=True)
-            netns.down(lab, log=lambda _: None)
+            NETNS.down(lab, log=lambda _: None)
             after_down = timed_deploy(lab.path, playbook)
             print(f"deploy after down: {after_down['seconds']} s", flush=True)
         finally:
-            netns.down(lab, log=lambda _: None)
+            NETNS.down(lab, log=lambda _: None)
 
     median = round(statistics.median(w["seconds"] for w in warm), 2)
     out = {

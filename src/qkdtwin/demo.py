@@ -28,7 +28,13 @@ from typing import Any
 
 import requests
 
+from qkdtwin.deploy import deploy
 from qkdtwin.errors import UserError
+from qkdtwin.labops.lab import DeployedLab
+from qkdtwin.runtime.registry import get_runtime
+from qkdtwin.scenario import cli as scenario_cli
+from qkdtwin.scenario.report import format_table
+from qkdtwin.topology import load_lab
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCENARIO = REPO_ROOT / "scenarios" / "paper-fig4.yml"
@@ -94,11 +100,6 @@ def _rel(p: Path) -> str:
 def run_demo(lab_ref: str, *, scenario: Path = DEFAULT_SCENARIO, deploy_lab: bool = True,
              results: Path | str | None = DEFAULT_RESULTS, key_timeout: float = 300.0,
              log: Log = print) -> int:
-    from qkdtwin.sae.lab import DeployedLab
-    from qkdtwin.scenario import cli as scenario_cli
-    from qkdtwin.scenario.report import format_table
-    from qkdtwin.topology import load_lab
-
     t_start = time.time()
     m0 = time.monotonic()
     topo = load_lab(lab_ref)  # a clear error for a wrong lab before anything else
@@ -106,8 +107,6 @@ def run_demo(lab_ref: str, *, scenario: Path = DEFAULT_SCENARIO, deploy_lab: boo
     steps = 5
     deploy_s = None
     if deploy_lab:
-        from qkdtwin.deploy import deploy
-
         log(f"[1/{steps}] deploying lab {topo.name} ({len(topo.nodes)} nodes, "
             f"{len(topo.links)} links): namespaces, then Ansible (one line per task)")
         res = deploy(lab_ref, log=lambda line: log(f"  {line}"))
@@ -116,9 +115,8 @@ def run_demo(lab_ref: str, *, scenario: Path = DEFAULT_SCENARIO, deploy_lab: boo
             raise UserError(f"deploying {topo.name} failed (hosts: {failed})")
         deploy_s = res.seconds
         log(f"  lab {topo.name} deployed in {res.seconds:.1f} s")
-        from qkdtwin.runtime import netns
-
-        for line in netns.format_status(netns.status(topo)).splitlines():  # nodes, addresses
+        rt = get_runtime()  # the demo deploys on the default runtime
+        for line in rt.format_status(rt.status(topo)).splitlines():  # nodes, addresses
             log(f"  {line}")
     else:
         log(f"[1/{steps}] lab {topo.name}: using the deployed lab (--no-deploy)")

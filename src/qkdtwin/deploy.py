@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qkdtwin.errors import UserError
+from qkdtwin.runtime.registry import DEFAULT_RUNTIME, add_runtime_argument, get_runtime
+from qkdtwin.topology import load_lab
 
 Log = Callable[[str], None]
 
@@ -239,27 +241,18 @@ class DeployResult:
 
 
 def deploy(lab_ref: str | Path, *, log: Log = print, verbose: bool = False,
-           playbook: Path = SITE_PLAYBOOK, runtime: str = "netns") -> DeployResult:
-    """`up` + inventory + ansible-playbook for a lab of the netns (or clab) runtime."""
-    from qkdtwin.runtime import netns
-    from qkdtwin.runtime.inventory import write_inventory
-    from qkdtwin.topology import load_lab
-
+           playbook: Path = SITE_PLAYBOOK, runtime: str = DEFAULT_RUNTIME) -> DeployResult:
+    """`up` (which writes the inventory) + ansible-playbook, on the named runtime."""
     start = time.monotonic()
     if not playbook.is_file():  # before touching the lab
         raise UserError(f"no such playbook: {playbook}")
+    rt = get_runtime(runtime)
     lab = load_lab(lab_ref)
-    if runtime == "clab":
-        from qkdtwin.runtime import clab  # containerlab deploy + netem + docker inventory
-
-        up = clab.up(lab, log=log)
-        inventory = write_inventory(lab, runtime="clab", python=clab.NODE_PYTHON)
-    else:
-        up = netns.up(lab, log=log)
-        inventory = write_inventory(lab, runtime="netns")
+    up = rt.up(lab, log=log)
+    assert up.inventory is not None
+    inventory = up.inventory
     for warning in up.warnings:
         log(f"WARNING: {warning}")
-    log(f"inventory: {inventory}")
     shown = playbook.relative_to(REPO_ROOT) if playbook.is_relative_to(REPO_ROOT) else playbook
     log(f"ansible-playbook {shown}")
     result = run_playbook(inventory, playbook, log=log, verbose=verbose)
@@ -269,7 +262,7 @@ def deploy(lab_ref: str | Path, *, log: Log = print, verbose: bool = False,
 def cmd_deploy(args: argparse.Namespace) -> int:
     playbook = Path(args.playbook).resolve() if args.playbook else SITE_PLAYBOOK
     result = deploy(args.lab, verbose=args.verbose, playbook=playbook,
-                    runtime=getattr(args, "runtime", "netns"))
+                    runtime=args.runtime)
     pb = result.playbook
     if not result.ok:
         failed = ", ".join(pb.failed_hosts) or "see the output above"
@@ -290,6 +283,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="show Ansible's full output instead of one line per task")
     p.add_argument("--playbook", metavar="PATH",
                    help="another playbook to run instead of playbooks/site.yml")
-    p.add_argument("--runtime", choices=("netns", "clab"), default="netns",
-                   help="netns (default, this host) or clab (containerlab + Docker)")
+    add_runtime_argument(p)
     p.set_defaults(func=cmd_deploy)

@@ -156,7 +156,7 @@ def service_main(config: dict[str, Any]) -> None:
 # --- qkdtwin record LAB --------------------------------------------------------------------
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from qkdtwin.sae.lab import DeployedLab
+    from qkdtwin.labops.lab import DeployedLab
 
     lab = DeployedLab.load(args.lab)
     out = Path(args.out) if args.out else lab.lab_dir / "events"

@@ -33,7 +33,7 @@ HEALTH_PORTS = {"access": 9101, "admission": 9102, "routing": 9103, "monitor": 9
 
 @pytest.fixture(scope="module")
 def lab(deployed_star6):
-    from qkdtwin.sae.lab import DeployedLab
+    from qkdtwin.labops.lab import DeployedLab
 
     return DeployedLab.load(deployed_star6.lab.path)
 

@@ -58,9 +58,10 @@ def page():
 
 def star6_static() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from qkdtwin.runtime.inventory import build_inventory
+    from qkdtwin.runtime.registry import get_runtime
     from qkdtwin.topology import load_lab
 
-    inv = build_inventory(load_lab(ROOT / "labs" / "star6.clab.yml"), "netns")
+    inv = build_inventory(load_lab(ROOT / "labs" / "star6.clab.yml"), get_runtime("netns"))
     v = inv["all"]["vars"]
     return v["qkdtwin_nodes"], v["qkdtwin_qkd_links"]
 
@@ -167,8 +168,8 @@ def test_dashboard_on_deployed_star6(page, deployed_star6, tmp_path):
     from qkdtwin.cli import main
     from qkdtwin.dashboard.cli import build
     from qkdtwin.key_manager.sessions import session_id_014
+    from qkdtwin.labops.lab import DeployedLab
     from qkdtwin.sae.client import SaeClient
-    from qkdtwin.sae.lab import DeployedLab
 
     lab = deployed_star6.lab
     sid = session_id_014("sae-4", "sae-5")

@@ -18,8 +18,11 @@ import pytest
 from qkdtwin.cli import main
 from qkdtwin.deploy import deploy
 from qkdtwin.runtime import netns
+from qkdtwin.runtime.registry import get_runtime
 from qkdtwin.topology import load_lab
 from tests.infra.labcopy import copy_lab, lab_lock
+
+NETNS = get_runtime("netns")
 
 pytestmark = [
     pytest.mark.integration,
@@ -48,7 +51,7 @@ def test_deploy_twice_repair_fail_and_down(tmp_path, capsys):
 
 def _deploy_twice_repair_fail_and_down(tmp_path, capsys):
     lab = load_lab(copy_lab(LINE3, tmp_path, "depline3", 234))
-    netns.down(lab, log=lambda _: None)  # leftovers of an interrupted earlier run
+    NETNS.down(lab, log=lambda _: None)  # leftovers of an interrupted earlier run
     try:
         # 1. First deploy: everything is created.
         lines: list[str] = []
@@ -104,7 +107,7 @@ def _deploy_twice_repair_fail_and_down(tmp_path, capsys):
         pids = [p for ps in lab_pids(lab).values() for p in ps]
         assert pids, "supervisord and mosquitto should run in the lab's namespaces"
     finally:
-        netns.down(lab, log=lambda _: None)
+        NETNS.down(lab, log=lambda _: None)
 
     # 5. down leaves no namespace, bridge, node config or process of the lab.
     assert not {ns for ns in netns.namespaces() if ns.startswith("clab-depline3-")}

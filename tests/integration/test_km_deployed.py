@@ -39,8 +39,8 @@ import pytest
 import requests
 
 from qkdtwin.key_manager.sessions import session_id_014
+from qkdtwin.labops.lab import DeployedLab as SaeLab
 from qkdtwin.sae.client import SaeClient, SaeError
-from qkdtwin.sae.lab import DeployedLab as SaeLab
 from tests.support.lab_events import LabEvents
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

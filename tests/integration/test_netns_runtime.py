@@ -18,6 +18,7 @@ import pytest
 
 from qkdtwin.cli import main
 from qkdtwin.runtime import netns
+from qkdtwin.runtime.registry import get_runtime
 from qkdtwin.topology import Lab, load_lab
 
 pytestmark = [
@@ -27,6 +28,7 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
+NETNS = get_runtime("netns")
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -86,9 +88,9 @@ def line3(tmp_path):
                             "        impairment: {delay_ms: 1, loss_percent: 20}\n", 1)
 
     lab = make_lab(tmp_path, "line3", "itline3", 213, edit)
-    netns.down(lab, log=lambda _: None)  # leftovers of an interrupted run
+    NETNS.down(lab, log=lambda _: None)  # leftovers of an interrupted run
     yield lab
-    netns.down(lab, log=lambda _: None)
+    NETNS.down(lab, log=lambda _: None)
     assert_gone(lab)
 
 
@@ -99,7 +101,7 @@ def test_up_reconcile_status_down(line3, capsys):
     lines: list[str] = []
 
     # ---- up builds everything
-    result = netns.up(lab, log=lines.append)
+    result = NETNS.up(lab, log=lines.append)
     assert result.changes > 0
     assert lab_namespaces(lab) == {lab.namespace(n) for n in lab.nodes}
     br = json.loads(sh("ip", "-j", "addr", "show", "dev", netns.bridge_name(lab)).stdout)[0]
@@ -126,7 +128,7 @@ def test_up_reconcile_status_down(line3, capsys):
     assert not Path("/etc/qkdtwin/probe").exists()
 
     # ---- a second up changes nothing
-    assert netns.up(lab, log=lambda _: None).changes == 0
+    assert NETNS.up(lab, log=lambda _: None).changes == 0
 
     # ---- p2p addresses (normally role `common`) and ping across every link
     for link in lab.links:
@@ -171,12 +173,12 @@ def test_up_reconcile_status_down(line3, capsys):
                                                              "km1-km2": "missing"}
     assert next(n for n in st["nodes"] if n["name"] == "km2")["state"] == "missing"
     repaired: list[str] = []
-    assert netns.up(lab, log=repaired.append).changes > 0
+    assert NETNS.up(lab, log=repaired.append).changes > 0
     assert any("namespace clab-itline3-km2 created" in line for line in repaired)
     assert any("link km0-km1: veth" in line for line in repaired)
     for node in lab.nodes.values():
         assert ping(None, node.mgmt_ipv4), f"{node.name} not reachable after repair"
-    assert netns.up(lab, log=lambda _: None).changes == 0
+    assert NETNS.up(lab, log=lambda _: None).changes == 0
 
     # ---- a process in the lab, then down removes everything
     proc = subprocess.Popen(["ip", "netns", "exec", lab.namespace("km1"), "sleep", "300"])
@@ -194,18 +196,18 @@ def test_up_reconcile_status_down(line3, capsys):
 @pytest.mark.slow
 def test_star6_up_down(tmp_path):
     lab = make_lab(tmp_path, "star6", "itstar6", 216)
-    netns.down(lab, log=lambda _: None)
+    NETNS.down(lab, log=lambda _: None)
     before = host_snapshot()
     try:
-        netns.up(lab, log=lambda _: None)
+        NETNS.up(lab, log=lambda _: None)
         assert len(lab_namespaces(lab)) == 12
-        st = netns.status(lab)
+        st = NETNS.status(lab)
         assert st["state"] == "up"
         assert all(lk["state"] == "up" for lk in st["links"]) and len(st["links"]) == 6
         km0 = next(n for n in st["nodes"] if n["name"] == "km0")
         assert sorted(i["name"] for i in km0["interfaces"]) == [f"eth{i}" for i in range(6)]
         assert ping(lab.namespace("km4"), "172.31.216.25")  # over the mgmt bridge
     finally:
-        netns.down(lab, log=lambda _: None)
+        NETNS.down(lab, log=lambda _: None)
     assert_gone(lab)
     assert host_snapshot() == before

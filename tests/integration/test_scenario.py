@@ -150,8 +150,8 @@ def test_faults_mix_kill_eve_refusal(demo):
     assert relay.start <= kill.applied_s <= relay.end  # the kill hit the running relay
     assert kill.detail["running_again_s"] > 0
     # supervisord restarted the killed KM: it runs again, with a new pid
-    from qkdtwin.sae.lab import DeployedLab
-    from qkdtwin.scenario.faults import SUPERVISOR_CONF
+    from qkdtwin.labops.lab import DeployedLab
+    from qkdtwin.labops.nodes import SUPERVISOR_CONF
 
     python = DeployedLab.load(lab.path).vars["qkdtwin_python"]
     r = subprocess.run(["ip", "netns", "exec", lab.namespace("km0"), python, "-m",

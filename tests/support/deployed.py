@@ -98,10 +98,11 @@ def _is_up(lab) -> bool:
 @contextlib.contextmanager
 def _deployed(spec: LabSpec, workdir: Path) -> Iterator[DeployedLab]:
     from qkdtwin.deploy import deploy
-    from qkdtwin.runtime import netns
     from qkdtwin.runtime.inventory import inventory_path
+    from qkdtwin.runtime.registry import get_runtime
     from qkdtwin.topology import load_lab
 
+    netns = get_runtime("netns")
     lines: list[str] = []
     env = os.environ.get(spec.env)
     with lab_lock(load_lab(env).name if env else spec.name):

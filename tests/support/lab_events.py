@@ -15,7 +15,7 @@ Pred = Callable[[dict[str, Any]], bool]
 
 class LabEvents:
     def __init__(self, sae_lab: Any) -> None:
-        """``sae_lab``: a :class:`qkdtwin.sae.lab.DeployedLab` (broker and host identity)."""
+        """``sae_lab``: a :class:`qkdtwin.labops.lab.DeployedLab` (broker and host identity)."""
         from qkdtwin.bus import Bus
 
         self._lock = threading.Lock()

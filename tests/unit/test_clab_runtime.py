@@ -16,6 +16,7 @@ import yaml
 from qkdtwin.errors import UserError
 from qkdtwin.runtime import clab
 from qkdtwin.runtime.inventory import build_inventory
+from qkdtwin.runtime.registry import get_runtime
 from qkdtwin.topology import load_lab
 
 pytestmark = pytest.mark.unit
@@ -152,7 +153,7 @@ def test_netem_all_parameters(line3):
 def test_up_deploys_then_impairs_then_writes_inventory(lab):
     run = FakeRunner()
     logs: list[str] = []
-    result = clab.up(lab, log=logs.append, run=run, which=which_all)
+    result = clab.ClabRuntime(run=run, which=which_all).up(lab, log=logs.append)
     assert result.deployed
     assert run.calls[0][:2] == ["docker", "info"]
     images = {c[-1] for c in run.calls if c[:3] == ["docker", "image", "inspect"]}
@@ -175,13 +176,13 @@ def test_up_overwrites_containerlabs_own_inventory(line3):
     line3.lab_dir.mkdir()
     clab_inv = line3.lab_dir / "ansible-inventory.yml"
     clab_inv.write_text("all:\n  children:\n    linux:\n      hosts: {}\n")
-    clab.up(line3, log=lambda s: None, run=FakeRunner(), which=which_all)
+    clab.ClabRuntime(run=FakeRunner(), which=which_all).up(line3, log=lambda s: None)
     assert "community.docker.docker" in clab_inv.read_text()
 
 
 def test_up_skips_deploy_when_everything_runs(line3):
     run = FakeRunner(inspect=running(line3))
-    result = clab.up(line3, log=lambda s: None, run=run, which=which_all)
+    result = clab.ClabRuntime(run=run, which=which_all).up(line3, log=lambda s: None)
     assert not result.deployed
     assert not [c for c in run.clab_calls() if c[1] == "deploy"]
     assert [c for c in run.clab_calls() if c[1] == "tools"]  # impairments re-applied
@@ -189,19 +190,19 @@ def test_up_skips_deploy_when_everything_runs(line3):
 
 def test_up_redeploys_a_partial_lab(line3):
     run = FakeRunner(inspect=running(line3, nodes=["km0", "broker"]))
-    clab.up(line3, log=lambda s: None, run=run, which=which_all)
+    clab.ClabRuntime(run=run, which=which_all).up(line3, log=lambda s: None)
     assert clab.deploy_argv(line3, reconfigure=True) in run.clab_calls()
 
 
 def test_up_with_stopped_containers_redeploys(line3):
     run = FakeRunner(inspect=running(line3, state="exited"))
-    assert clab.up(line3, log=lambda s: None, run=run, which=which_all).deployed
+    assert clab.ClabRuntime(run=run, which=which_all).up(line3, log=lambda s: None).deployed
 
 
 def test_netem_failure_is_a_warning(line3):
     run = FakeRunner(fail={"containerlab tools netem set -n clab-line3-km1 -i eth2":
                            (1, "Error: no such file or directory (sch_netem missing?)")})
-    result = clab.up(line3, log=lambda s: None, run=run, which=which_all)
+    result = clab.ClabRuntime(run=run, which=which_all).up(line3, log=lambda s: None)
     assert len(result.warnings) == 1
     assert "km1-km2" in result.warnings[0] and "sch_netem" in result.warnings[0]
     assert result.impairments == 3
@@ -210,19 +211,19 @@ def test_netem_failure_is_a_warning(line3):
 def test_deploy_failure_is_a_clear_error(line3):
     run = FakeRunner(fail={"containerlab deploy": (1, "line1\nError: permission denied")})
     with pytest.raises(clab.ClabError, match="(?s)containerlab deploy .*failed.*permission denied"):
-        clab.up(line3, log=lambda s: None, run=run, which=which_all)
+        clab.ClabRuntime(run=run, which=which_all).up(line3, log=lambda s: None)
     assert not (line3.lab_dir / "ansible-inventory.yml").exists()
 
 
 def test_down_sends_destroy_cleanup(line3):
     run = FakeRunner()
-    clab.down(line3, log=lambda s: None, run=run, which=which_all)
+    clab.ClabRuntime(run=run, which=which_all).down(line3, log=lambda s: None)
     assert run.clab_calls() == [clab.destroy_argv(line3)]
 
 
 def test_status(line3):
     run = FakeRunner(inspect=running(line3, nodes=["broker", "ctl", "km0"]))
-    st = clab.status(line3, run=run, which=which_all)
+    st = clab.ClabRuntime(run=run, which=which_all).status(line3)
     assert run.clab_calls() == [clab.inspect_argv(line3)]
     assert st["runtime"] == "clab" and st["state"] == "partial"
     by = {n["name"]: n for n in st["nodes"]}
@@ -231,9 +232,9 @@ def test_status(line3):
     assert by["km0"]["mgmt_ipv4"] == "172.31.3.20/24"
     text = clab.format_status(st)
     assert "clab-line3-km2" in text and "missing" in text and "delay_ms=1" in text
-    st = clab.status(line3, run=FakeRunner(inspect=running(line3)), which=which_all)
+    st = clab.ClabRuntime(run=FakeRunner(inspect=running(line3)), which=which_all).status(line3)
     assert st["state"] == "up"
-    st = clab.status(line3, run=FakeRunner(inspect={}), which=which_all)
+    st = clab.ClabRuntime(run=FakeRunner(inspect={}), which=which_all).status(line3)
     assert st["state"] == "down"
 
 
@@ -256,7 +257,7 @@ def test_parse_inspect_garbage(line3):
 
 def test_old_containerlab_no_containers_exit(line3):
     run = FakeRunner(fail={"containerlab inspect": (1, "INFO no containers found")})
-    assert clab.status(line3, run=run, which=which_all)["state"] == "down"
+    assert clab.ClabRuntime(run=run, which=which_all).status(line3)["state"] == "down"
 
 
 # --------------------------------------------------------------------------- missing tools
@@ -265,26 +266,28 @@ def test_old_containerlab_no_containers_exit(line3):
 def test_missing_containerlab(line3):
     run = FakeRunner()
     with pytest.raises(UserError, match="containerlab is not installed.*netns"):
-        clab.up(line3, run=run, which=lambda n: None if n == "containerlab" else "/x")
+        clab.ClabRuntime(run=run,
+                         which=lambda n: None if n == "containerlab" else "/x").up(line3)
     assert run.calls == []
 
 
 def test_missing_docker(line3):
     with pytest.raises(UserError, match="Docker is not installed.*docker.io"):
-        clab.down(line3, run=FakeRunner(), which=lambda n: None if n == "docker" else "/x")
+        clab.ClabRuntime(run=FakeRunner(),
+                         which=lambda n: None if n == "docker" else "/x").down(line3)
 
 
 def test_docker_engine_down(line3):
     run = FakeRunner(fail={"docker info": (1, "Cannot connect to the Docker daemon")})
     with pytest.raises(UserError, match="(?s)Docker engine does not answer.*Cannot connect"):
-        clab.status(line3, run=run, which=which_all)
+        clab.ClabRuntime(run=run, which=which_all).status(line3)
     assert run.clab_calls() == []
 
 
 def test_missing_image(line3):
     run = FakeRunner(missing_images=["qkdtwin/broker:latest"])
     with pytest.raises(UserError, match="qkdtwin/broker:latest.*make images"):
-        clab.up(line3, run=run, which=which_all)
+        clab.ClabRuntime(run=run, which=which_all).up(line3)
     assert run.clab_calls() == []
 
 
@@ -306,8 +309,8 @@ def test_cli_errors_are_one_line_without_traceback(line3, monkeypatch, capsys):
 
 
 def test_inventory_same_shape_as_netns(lab):
-    netns = build_inventory(lab, "netns", python="/srv/venv/bin/python")["all"]
-    clabi = build_inventory(lab, "clab", python=clab.NODE_PYTHON)["all"]
+    netns = build_inventory(lab, get_runtime("netns"), python="/srv/venv/bin/python")["all"]
+    clabi = build_inventory(lab, get_runtime("clab"), python=clab.NODE_PYTHON)["all"]
     assert clabi["children"] == netns["children"]
     assert set(clabi["vars"]) == set(netns["vars"])
     for k in set(netns["vars"]) - RUNTIME_ALL_VARS:
@@ -337,7 +340,7 @@ def _ansible_env() -> dict[str, str]:
 
 
 def test_ansible_inventory_accepts_it(line3):
-    clab.up(line3, log=lambda s: None, run=FakeRunner(), which=which_all)
+    clab.ClabRuntime(run=FakeRunner(), which=which_all).up(line3, log=lambda s: None)
     path = line3.lab_dir / "ansible-inventory.yml"
     proc = subprocess.run([_ansible("ansible-inventory"), "-i", str(path), "--list"],
                           capture_output=True, text=True, cwd=ROOT, env=_ansible_env(),
@@ -360,7 +363,7 @@ def test_site_playbook_syntax_with_clab_inventory(line3):
     site = ROOT / "playbooks" / "site.yml"
     if not site.exists():
         pytest.skip("playbooks/site.yml not written yet (roles/deploy issue)")
-    clab.up(line3, log=lambda s: None, run=FakeRunner(), which=which_all)
+    clab.ClabRuntime(run=FakeRunner(), which=which_all).up(line3, log=lambda s: None)
     path = line3.lab_dir / "ansible-inventory.yml"
     proc = subprocess.run([_ansible("ansible-playbook"), "-i", str(path), "--syntax-check",
                            str(site)], capture_output=True, text=True, cwd=ROOT,

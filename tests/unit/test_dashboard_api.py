@@ -3,12 +3,16 @@ them (docs/architecture.md); the browser test is tests/integration/test_dashboar
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from qkdtwin.dashboard.actions import interface_command
 from qkdtwin.dashboard.app import create_app
 from qkdtwin.dashboard.state import LiveState
 from qkdtwin.errors import UserError
+from qkdtwin.labops.lab import DeployedLab
+from qkdtwin.labops.nodes import interface_argv
+from qkdtwin.topology import load_lab
 
 pytestmark = pytest.mark.unit
 
@@ -142,10 +146,16 @@ def test_api_state_events_and_controls():
 
 
 def test_interface_commands_per_runtime():
-    assert interface_command("netns", "clab-x-km0", "eth1", False) == [
-        "ip", "netns", "exec", "clab-x-km0", "ip", "link", "set", "dev", "eth1", "down"]
-    assert interface_command("clab", "clab-x-km0", "eth1", True)[:3] == [
-        "docker", "exec", "clab-x-km0"]
+    """Cutting a link runs `ip link set` inside the node, through the lab's runtime."""
+    topo = load_lab(Path(__file__).resolve().parents[2] / "labs" / "line3.clab.yml")
+
+    def lab(runtime: str) -> DeployedLab:
+        return DeployedLab(topo.name, topo.lab_dir, {"qkdtwin_runtime": runtime}, topo)
+
+    assert lab("netns").node_argv("km0", interface_argv("eth1", False)) == [
+        "ip", "netns", "exec", "clab-line3-km0", "ip", "link", "set", "dev", "eth1", "down"]
+    assert lab("clab").node_argv("km0", interface_argv("eth1", True))[:3] == [
+        "docker", "exec", "clab-line3-km0"]
 
 
 def test_replay_of_a_recording_restores_sessions_and_events(tmp_path):

@@ -174,6 +174,7 @@ def test_record_cli_on_a_lab_dir(tmp_path, broker, test_ca, monkeypatch, capsys)
     import yaml
 
     from qkdtwin.runtime.inventory import write_inventory
+    from qkdtwin.runtime.registry import get_runtime
     from qkdtwin.topology import load_lab
 
     root = Path(__file__).resolve().parents[2]
@@ -181,7 +182,7 @@ def test_record_cli_on_a_lab_dir(tmp_path, broker, test_ca, monkeypatch, capsys)
     for f in ("line3.clab.yml", "line3.users.yml"):
         shutil.copy(root / "labs" / f, tmp_path / "labs" / f)
     lab = load_lab(tmp_path / "labs" / "line3.clab.yml")
-    inv = write_inventory(lab, runtime="netns")
+    inv = write_inventory(lab, get_runtime("netns"))
     data = yaml.safe_load(inv.read_text())
     data["all"]["vars"]["qkdtwin_broker"] = {"host": "127.0.0.1", "port": broker.port}
     inv.write_text(yaml.safe_dump(data))

@@ -13,12 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from qkdtwin.runtime import netns
 from qkdtwin.runtime.inventory import build_inventory, write_inventory
+from qkdtwin.runtime.netns.impair import applied_from_qdisc, netem_args, tbf_args
+from qkdtwin.runtime.registry import get_runtime
 from qkdtwin.topology import ROLES, load_lab
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
+NETNS, CLAB = get_runtime("netns"), get_runtime("clab")
 ALL_VARS = {"qkdtwin_lab", "qkdtwin_lab_dir", "qkdtwin_runtime", "qkdtwin_python",
             "qkdtwin_users", "qkdtwin_broker", "qkdtwin_elements", "qkdtwin_nodes",
             "qkdtwin_qkd_links"}
@@ -34,7 +38,7 @@ def line3(tmp_path):
 
 
 def test_all_vars(line3):
-    inv = build_inventory(line3, "netns", python="/venv/bin/python")
+    inv = build_inventory(line3, NETNS, python="/venv/bin/python")
     v = inv["all"]["vars"]
     assert set(v) == ALL_VARS
     assert v["qkdtwin_lab"] == "line3"
@@ -56,7 +60,7 @@ def test_all_vars(line3):
 
 
 def test_groups_by_role(line3):
-    children = build_inventory(line3)["all"]["children"]
+    children = build_inventory(line3, NETNS)["all"]["children"]
     assert set(children) == set(ROLES)
     assert list(children["km"]["hosts"]) == ["km0", "km1", "km2"]
     for role in ("sdn", "access", "admission", "routing", "monitor"):
@@ -66,7 +70,7 @@ def test_groups_by_role(line3):
 
 
 def test_host_vars(line3):
-    hosts = build_inventory(line3, "netns", python="/py")["all"]["hosts"]
+    hosts = build_inventory(line3, NETNS, python="/py")["all"]["hosts"]
     km1 = hosts["km1"]
     assert HOST_VARS <= set(km1)
     assert km1["qkdtwin_node"] == "km1" and km1["qkdtwin_roles"] == ["km"]
@@ -91,8 +95,8 @@ def test_host_vars(line3):
 def test_runtimes_differ_only_in_connection(line3):
     conn = {"ansible_connection", "ansible_host", "qkdtwin_netns",
             "ansible_python_interpreter", "qkdtwin_data_dir"}
-    a = build_inventory(line3, "netns")
-    b = build_inventory(line3, "clab")
+    a = build_inventory(line3, NETNS, python=sys.executable)
+    b = build_inventory(line3, CLAB, python=sys.executable)
     assert b["all"]["hosts"]["km0"]["ansible_connection"] == "community.docker.docker"
     assert b["all"]["hosts"]["km0"]["ansible_host"] == "clab-line3-km0"
     for inv in (a, b):
@@ -105,17 +109,17 @@ def test_runtimes_differ_only_in_connection(line3):
 
 def test_build_is_pure(line3):
     before = copy.deepcopy(line3)
-    assert build_inventory(line3) == build_inventory(line3)
+    assert build_inventory(line3, NETNS) == build_inventory(line3, NETNS)
     assert line3 == before
 
 
 def test_written_inventory_is_read_by_ansible(line3):
-    path = write_inventory(line3, python=sys.executable)
+    path = write_inventory(line3, NETNS, python=sys.executable)
     assert path == line3.lab_dir / "ansible-inventory.yml"
     data = yaml.safe_load(path.read_text())
-    assert data == json.loads(json.dumps(build_inventory(line3, python=sys.executable)))
+    assert data == json.loads(json.dumps(build_inventory(line3, NETNS, python=sys.executable)))
     mtime = path.stat().st_mtime_ns
-    write_inventory(line3, python=sys.executable)
+    write_inventory(line3, NETNS, python=sys.executable)
     assert path.stat().st_mtime_ns == mtime, "unchanged inventory is not rewritten"
     exe = Path(sys.executable).parent / "ansible-inventory"
     if not exe.exists():
@@ -133,7 +137,7 @@ def test_site_group_vars_seed_access_control_with_the_lab_users(line3):
     access_control_users = the lab's users; other nodes do not get it."""
     from qkdtwin.deploy import SITE_INVENTORY, ansible_env, inventory_args
 
-    path = write_inventory(line3, python=sys.executable)
+    path = write_inventory(line3, NETNS, python=sys.executable)
     assert inventory_args(path) == ["-i", str(SITE_INVENTORY), "-i", str(path)]
     exe = Path(sys.executable).parent / "ansible"
     if not exe.exists():
@@ -171,8 +175,6 @@ def test_connection_plugin_documentation():
 
 
 def test_runtime_names_fit_linux_limits(line3):
-    from qkdtwin.runtime import netns
-
     assert netns.bridge_name(line3) == "qt-line3"
     line3.name = "a-very-long-lab-name"
     br = netns.bridge_name(line3)
@@ -184,13 +186,11 @@ def test_runtime_names_fit_linux_limits(line3):
 
 
 def test_impairment_translation():
-    from qkdtwin.runtime import netns
-
-    assert netns._netem_args({"delay_ms": 2.0, "jitter_ms": 0.5, "loss_percent": 1.0,
-                              "rate_mbit": 100.0}) == [
+    assert netem_args({"delay_ms": 2.0, "jitter_ms": 0.5, "loss_percent": 1.0,
+                       "rate_mbit": 100.0}) == [
         "netem", "delay", "2ms", "0.5ms", "loss", "1%", "rate", "100mbit"]
-    tbf = netns._tbf_args(100.0)
+    tbf = tbf_args(100.0)
     assert tbf[:3] == ["tbf", "rate", "100mbit"] and int(tbf[4]) == 125000
-    assert netns._applied_from_qdisc(
+    assert applied_from_qdisc(
         {"kind": "tbf", "options": {"rate": 12500000}}) == {"rate_mbit": 100.0}
-    assert netns._applied_from_qdisc({"kind": "pfifo_fast"}) == {}
+    assert applied_from_qdisc({"kind": "pfifo_fast"}) == {}

@@ -204,7 +204,7 @@ def test_prediction_is_for_the_modules_block_and_zero_with_eve():
 
 def test_eve_command_names_links_and_refuses_bad_input(capsys):
     from qkdtwin.cli import main
-    from qkdtwin.qkd_module.cli import find_link
+    from qkdtwin.labops.eve import find_link
     from qkdtwin.topology import load_lab
 
     lab = load_lab("line3")

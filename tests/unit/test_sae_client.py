@@ -15,8 +15,8 @@ import yaml
 
 from qkdtwin.bus import BrokerConfig
 from qkdtwin.cli import main
+from qkdtwin.labops.lab import DeployedLab
 from qkdtwin.sae import SaeClient, SaeError
-from qkdtwin.sae.lab import DeployedLab
 from tests.support.broker import TestBroker
 from tests.support.fake_control import FakeControl
 from tests.support.km_cluster import KmCluster
@@ -158,6 +158,7 @@ def test_bad_input_and_unreachable_km_are_one_line_errors(line, capsys, tmp_path
 def test_lab_mode_picks_the_sae_km_and_certificate(line, tmp_path, capsys, monkeypatch):
     """With a LAB: the SAE's KM comes from the inventory, the certificate from pki/sae/."""
     from qkdtwin.runtime.inventory import write_inventory
+    from qkdtwin.runtime.registry import get_runtime
     from qkdtwin.topology import load_lab
 
     src = ROOT / "labs" / "line3.clab.yml"
@@ -166,7 +167,7 @@ def test_lab_mode_picks_the_sae_km_and_certificate(line, tmp_path, capsys, monke
     users = yaml.safe_load((ROOT / "labs" / "line3.users.yml").read_text())
     shutil.copy(ROOT / "labs" / "line3.users.yml", tmp_path / "labs" / "line3.users.yml")
     lab = load_lab(tmp_path / "labs" / "line3.clab.yml")
-    write_inventory(lab, runtime="netns")
+    write_inventory(lab, get_runtime("netns"))
     app = users["users"][0]["applications"][0]
     sae, km = app["sae_id"], app["km"]
     pki = lab.lab_dir / "pki"

@@ -8,33 +8,15 @@ import argparse
 import json
 from typing import Any
 
-import yaml
-
 from qkdtwin import bus
 from qkdtwin.bus import BrokerConfig, Bus, RequestTimeout
 from qkdtwin.errors import UserError
+from qkdtwin.labops.lab import DeployedLab
 
 
 def lab_connection(lab_ref: str) -> BrokerConfig:
     """Broker address and host client certificate of a deployed lab."""
-    from qkdtwin.topology import load_lab
-
-    lab_dir = load_lab(lab_ref).lab_dir
-    inv_path = lab_dir / "ansible-inventory.yml"
-    try:
-        inv = yaml.safe_load(inv_path.read_text()) or {}
-        broker = inv["all"]["vars"]["qkdtwin_broker"]
-    except FileNotFoundError:
-        raise UserError(f"{inv_path} not found: is the lab up? (qkdtwin up {lab_ref})") from None
-    except (yaml.YAMLError, KeyError, TypeError):
-        raise UserError(f"{inv_path} has no all.vars.qkdtwin_broker") from None
-    pki = lab_dir / "pki"
-    for f in ("ca.crt", "host.crt", "host.key"):
-        if not (pki / f).is_file():
-            raise UserError(f"{pki / f} not found: is the lab deployed? (qkdtwin deploy)")
-    return BrokerConfig(host=str(broker["host"]), port=int(broker.get("port", 8883)),
-                        ca=str(pki / "ca.crt"), cert=str(pki / "host.crt"),
-                        key=str(pki / "host.key"))
+    return DeployedLab.load(lab_ref).broker_config()
 
 
 def ask_access(broker: BrokerConfig, body: dict[str, Any], timeout: float = 5.0

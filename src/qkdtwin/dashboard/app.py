@@ -26,7 +26,7 @@ log = logging.getLogger("qkdtwin.dashboard")
 
 
 def create_app(state: LiveState, actions: Any = None, bus: Any = None) -> Flask:
-    """``actions``: a :class:`qkdtwin.dashboard.actions.LabActions` (None: controls off);
+    """``actions``: a :class:`qkdtwin.labops.operations.LabOperator` (None: controls off);
     ``bus``: the dashboard's :class:`qkdtwin.bus.Bus`, to publish its operator actions."""
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
     app.config["JSON_SORT_KEYS"] = False

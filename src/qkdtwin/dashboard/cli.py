@@ -14,9 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cheroot import wsgi
+
 from qkdtwin.bus import PREFIX, BrokerConfig, Bus
+from qkdtwin.dashboard.app import create_app
 from qkdtwin.dashboard.state import LiveState
 from qkdtwin.errors import UserError
+from qkdtwin.events import load_events
+from qkdtwin.labops.lab import DeployedLab
+from qkdtwin.labops.operations import LabOperator
 
 TOPICS = (f"{PREFIX}/topology", f"{PREFIX}/telemetry/#", f"{PREFIX}/alarm/#",
           f"{PREFIX}/events/#")
@@ -43,8 +49,6 @@ class Server:
     """cheroot serving a WSGI app in a background thread."""
 
     def __init__(self, app: Any, host: str, port: int) -> None:
-        from cheroot import wsgi
-
         self.server = wsgi.Server((host, port), app, numthreads=8,
                                   server_name="qkdtwin-dashboard")
         self.server.prepare()  # binds now: a busy port is an error here, not in the thread
@@ -62,8 +66,6 @@ class Server:
 
 def replay_recording(state: LiveState, events_dir: Path, last_s: float = 3600.0) -> int:
     """Replay the last hour of the lab's newest recording file into ``state``."""
-    from qkdtwin.events import load_events
-
     files = sorted(events_dir.glob("*.jsonl"), key=lambda p: p.stat().st_mtime) \
         if events_dir.is_dir() else []
     if not files:
@@ -73,22 +75,17 @@ def replay_recording(state: LiveState, events_dir: Path, last_s: float = 3600.0)
     return state.replay([e for e in events if e.ts >= cut])
 
 
-def build(lab_ref: str) -> tuple[LiveState, Any, Any]:
+def build(lab_ref: str) -> tuple[LiveState, LabOperator, Bus]:
     """State, actions and bus of a deployed lab."""
-    from qkdtwin.dashboard.actions import LabActions
-    from qkdtwin.sae.lab import DeployedLab
-
     lab = DeployedLab.load(lab_ref)
     state = LiveState(lab.name, lab.nodes, lab.qkd_links)
     replay_recording(state, lab.lab_dir / "events")
-    actions = LabActions(lab_ref, lab.name, lab.runtime, {lk["id"]: lk for lk in lab.qkd_links})
+    actions = LabOperator(lab)
     bus = connect_state(state, lab.broker_config())
     return state, actions, bus
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from qkdtwin.dashboard.app import create_app
-
     state, actions, bus = build(args.lab)
     if not bus.connected:
         print(f"qkdtwin dashboard: the broker of lab {state.lab} does not answer yet; "

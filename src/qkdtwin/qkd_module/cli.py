@@ -6,32 +6,18 @@ with the host's certificate (`labs/clab-<lab>/pki/host.{crt,key}`; the broker AC
 `host` write everything and a KM node read `qkd/v1/km/<node>/#`). The module at the link's a
 end (Alice, where the channel is emulated) applies it to the following pulses and publishes
 its telemetry at once; the command waits for that telemetry to confirm the new fraction.
-The same works on both runtimes, since the host reaches the broker on the mgmt network.
+The same works on every runtime, since the host reaches the broker on the mgmt network
+(:mod:`qkdtwin.labops.eve`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import threading
-from typing import Any
 
-from qkdtwin import bus as topics
-from qkdtwin.bus import Bus
 from qkdtwin.errors import UserError
-from qkdtwin.qkd_module.service import eve_topic
-
-
-def find_link(lab: Any, spec: str) -> Any:
-    """The QKD link between the two nodes of `A:B` (either order)."""
-    a, sep, b = spec.partition(":")
-    if not sep or not a or not b:
-        raise UserError(f"{spec!r}: name a link as NODE:NODE, e.g. km0:km1")
-    for lk in lab.qkd_links:
-        if {lk.a.node, lk.b.node} == {a, b}:
-            return lk
-    known = ", ".join(f"{lk.a.node}:{lk.b.node}" for lk in lab.qkd_links) or "none"
-    raise UserError(f"lab {lab.name} has no QKD link between {a} and {b} (QKD links: {known})")
+from qkdtwin.labops.eve import set_eve
+from qkdtwin.labops.lab import DeployedLab
 
 
 def _fraction(text: str) -> float:
@@ -44,46 +30,11 @@ def _fraction(text: str) -> float:
     return f
 
 
-def set_eve(lab_ref: str, spec: str, fraction: float, timeout: float = 10.0) -> dict[str, Any]:
-    """Send the command and return the a-end module's confirming telemetry."""
-    from qkdtwin.control.cli import lab_connection
-    from qkdtwin.topology import load_lab
-
-    lab = load_lab(lab_ref)
-    link = find_link(lab, spec)
-    broker = lab_connection(lab_ref)
-    node = link.a.node
-    got: list[dict[str, Any]] = []
-    done = threading.Event()
-
-    def on_telemetry(topic: str, payload: dict[str, Any], msg: Any) -> None:
-        f = payload.get("eve_fraction")
-        if isinstance(f, int | float) and abs(float(f) - fraction) < 1e-9:
-            got.append(payload)
-            done.set()
-
-    b = Bus(broker, "host", workers=1)
-    b.subscribe(topics.telemetry(node, link.id), on_telemetry, qos=0)
-    b.start(wait=0)
-    try:
-        if not b.wait_connected(timeout):
-            raise UserError(f"broker {broker.host}:{broker.port} not reachable "
-                            f"(is lab {lab.name} deployed?)")
-        b.publish(eve_topic(node, link.id), {"type": "eve", "link": link.id,
-                                             "fraction": fraction})
-        if not done.wait(timeout):
-            raise UserError(f"the QKD module of {link.id} at {node} did not confirm within "
-                            f"{timeout:.0f} s (is it running? qkdtwin deploy {lab_ref})")
-    finally:
-        b.stop()
-    return got[0]
-
-
 def cmd_eve(args: argparse.Namespace) -> int:
     fraction = 0.0 if args.off else args.fraction
     if fraction is None:
         raise UserError("give --fraction F (0..1) or --off")
-    t = set_eve(args.lab, args.link, fraction, args.timeout)
+    t = set_eve(DeployedLab.load(args.lab), args.link, fraction, args.timeout)
     if args.json:
         print(json.dumps(t, indent=2))
     else:

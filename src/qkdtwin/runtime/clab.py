@@ -1,14 +1,16 @@
 """The `clab` runtime: a lab as containers, driven through the `containerlab` command.
 
 - `up`: `containerlab deploy -t <lab>.clab.yml`, then the declared link impairments with
-  `containerlab tools netem set` (on both ends of a link, like the netns runtime), then the
-  inventory (same shape as the netns runtime's, `community.docker.docker` connection).
+  `containerlab tools netem set` (on both ends of a link, like the netns runtime), then
+  (Runtime.up) the inventory (same shape as the netns runtime's, `community.docker.docker`
+  connection; written after the deploy, which leaves containerlab's own in its place).
 - `down`: `containerlab destroy -t <lab>.clab.yml --cleanup` (removes `clab-<lab>/` too).
 - `status`: `containerlab inspect -t <lab>.clab.yml --format json`, joined with the topology.
 
 Every command line is built by a pure `*_argv()` function so tests can check them for every
-lab; commands run through a `Runner` so tests can replace it. Missing containerlab, a missing
-or stopped Docker engine and missing images are reported as one clear line each.
+lab; commands run through a `Runner` (`ClabRuntime(run=...)`) so tests can replace it.
+Missing containerlab, a missing or stopped Docker engine and missing images are reported as
+one clear line each.
 """
 
 from __future__ import annotations
@@ -17,14 +19,12 @@ import json
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from qkdtwin.errors import UserError
-from qkdtwin.runtime.inventory import write_inventory
+from qkdtwin.runtime.base import Log, Runtime, UpResult
 from qkdtwin.topology import Lab, Link
 
-Log = Callable[[str], None]
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess]
 Which = Callable[[str], str | None]  # shutil.which
 
@@ -40,13 +40,6 @@ TIMEOUT_S = 900  # a deploy of a big lab pulls nothing but still creates many co
 
 class ClabError(UserError):
     """containerlab or Docker is missing or failed."""
-
-
-@dataclass
-class UpResult:
-    warnings: list[str] = field(default_factory=list)
-    deployed: bool = False  # False when every node was already running
-    impairments: int = 0  # netem set commands sent
 
 
 # --------------------------------------------------------------------------- command lines
@@ -172,7 +165,7 @@ def parse_inspect(text: str, lab: Lab) -> dict[str, dict[str, Any]]:
         entries = data
     else:
         raise ClabError("containerlab inspect: unexpected JSON shape")
-    prefix = f"clab-{lab.name}-"
+    prefix = lab.namespace("")
     out = {}
     for e in entries:
         if isinstance(e, dict) and str(e.get("name", "")).startswith(prefix):
@@ -191,53 +184,80 @@ def _inspect(lab: Lab, run: Runner) -> dict[str, dict[str, Any]]:
     return parse_inspect(proc.stdout, lab)
 
 
-def up(lab: Lab, log: Log = print, run: Runner | None = None,
-       which: Which | None = None) -> UpResult:
-    """Deploy the lab (unless it already runs), apply impairments, write the inventory."""
-    run = run or _run
-    require_tools(lab, run, which)
-    result = UpResult()
-    present = _inspect(lab, run)
-    wanted = {lab.namespace(n) for n in lab.nodes}
-    running = {name for name, e in present.items() if e.get("state") == "running"}
-    if wanted <= running:
-        log(f"lab {lab.name}: all {len(wanted)} containers already running")
-    else:
-        # A partly deployed lab cannot be deployed again; --reconfigure recreates it.
-        argv = deploy_argv(lab, reconfigure=bool(present))
-        log(f"clab: {' '.join(argv)}")
-        _check(run(argv), argv)
-        result.deployed = True
-    for link, argv in netem_commands(lab):
-        proc = run(argv)
-        if proc.returncode != 0:
-            # A kernel without sch_netem: the lab works, the impairment is not applied.
-            result.warnings.append(f"link {link.id}: {argv[5]}:{argv[7]}: impairment not "
-                                   f"applied: {(proc.stderr or proc.stdout).strip()[-200:]}")
+class ClabRuntime(Runtime):
+    """Containers through containerlab and Docker."""
+
+    name = "clab"
+    description = "containerlab + Docker"
+    exec_tool = DOCKER
+
+    def __init__(self, run: Runner | None = None, which: Which | None = None) -> None:
+        self.run = run or _run
+        self.which = which or shutil.which
+
+    def create(self, lab: Lab, log: Log = print) -> UpResult:
+        """Deploy the lab (unless it already runs) and apply the impairments."""
+        run = self.run
+        require_tools(lab, run, self.which)
+        result = UpResult()
+        present = _inspect(lab, run)
+        wanted = {lab.namespace(n) for n in lab.nodes}
+        running = {name for name, e in present.items() if e.get("state") == "running"}
+        if wanted <= running:
+            log(f"lab {lab.name}: all {len(wanted)} containers already running")
         else:
-            result.impairments += 1
-            log(f"link {link.id}: {argv[5]} {argv[7]}: netem {' '.join(argv[8:])}")
-    # After deploy: containerlab writes its own ansible-inventory.yml in clab-<lab>/.
-    path = write_inventory(lab, runtime="clab", python=NODE_PYTHON)
-    log(f"inventory: {path}")
-    return result
+            # A partly deployed lab cannot be deployed again; --reconfigure recreates it.
+            argv = deploy_argv(lab, reconfigure=bool(present))
+            log(f"clab: {' '.join(argv)}")
+            _check(run(argv), argv)
+            result.deployed = True
+        for link, argv in netem_commands(lab):
+            proc = run(argv)
+            if proc.returncode != 0:
+                # A kernel without sch_netem: the lab works, the impairment is not applied.
+                result.warnings.append(
+                    f"link {link.id}: {argv[5]}:{argv[7]}: impairment not applied: "
+                    f"{(proc.stderr or proc.stdout).strip()[-200:]}")
+            else:
+                result.impairments += 1
+                log(f"link {link.id}: {argv[5]} {argv[7]}: netem {' '.join(argv[8:])}")
+        return result
+
+    def up_summary(self, lab: Lab, result: UpResult) -> str:
+        return (f"lab {lab.name} is up (clab): {len(lab.nodes)} containers, "
+                f"{len(lab.links)} links, {result.impairments} impairment(s) set"
+                + (f", {len(result.warnings)} warning(s)" if result.warnings else ""))
+
+    def down(self, lab: Lab, log: Log = print) -> None:
+        require_tools(None, self.run, self.which)
+        argv = destroy_argv(lab)
+        log(f"clab: {' '.join(argv)}")
+        _check(self.run(argv), argv)
+        log(f"down: lab {lab.name} destroyed (containers, links, {lab.lab_dir.name}/)")
+
+    def status(self, lab: Lab) -> dict[str, Any]:
+        """Live state of the lab, the same top-level shape as the netns runtime's status."""
+        require_tools(None, self.run, self.which)
+        return _status(lab, _inspect(lab, self.run), self.name)
+
+    def format_status(self, st: dict[str, Any]) -> str:
+        return format_status(st)
+
+    def exec_argv(self, lab: Lab, node: str, argv: Sequence[str]) -> list[str]:
+        return [DOCKER, "exec", self.node_name(lab, node), *argv]
+
+    def node_python(self) -> str:
+        return NODE_PYTHON
+
+    def connection_vars(self, lab: Lab, node: str, python: str) -> dict[str, Any]:
+        return {"ansible_connection": "community.docker.docker",
+                "ansible_host": self.node_name(lab, node)}
+
+    def data_dir(self, lab: Lab, node: str) -> str:
+        return NODE_DATA_DIR
 
 
-def down(lab: Lab, log: Log = print, run: Runner | None = None,
-         which: Which | None = None) -> None:
-    run = run or _run
-    require_tools(None, run, which)
-    argv = destroy_argv(lab)
-    log(f"clab: {' '.join(argv)}")
-    _check(run(argv), argv)
-    log(f"down: lab {lab.name} destroyed (containers, links, {lab.lab_dir.name}/)")
-
-
-def status(lab: Lab, run: Runner | None = None, which: Which | None = None) -> dict[str, Any]:
-    """Live state of the lab, the same top-level shape as the netns runtime's status."""
-    run = run or _run
-    require_tools(None, run, which)
-    present = _inspect(lab, run)
+def _status(lab: Lab, present: dict[str, dict[str, Any]], runtime: str) -> dict[str, Any]:
     nodes = []
     for n in lab.nodes.values():
         cname = lab.namespace(n.name)
@@ -257,7 +277,7 @@ def status(lab: Lab, run: Runner | None = None, which: Which | None = None) -> d
     } for lk in lab.links]
     running = sum(1 for n in nodes if n["state"] == "running")
     return {
-        "lab": lab.name, "runtime": "clab", "topology": str(lab.path),
+        "lab": lab.name, "runtime": runtime, "topology": str(lab.path),
         "lab_dir": str(lab.lab_dir),
         "state": "up" if running == len(nodes) else ("down" if running == 0 else "partial"),
         "nodes": nodes, "links": links, "warnings": [],
@@ -283,28 +303,3 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
             for r in rows]
-
-
-# --------------------------------------------------------------------------- CLI glue
-# `qkdtwin up|down|status LAB --runtime clab` (qkdtwin.runtime.cli) dispatches here.
-
-
-def cli_up(lab: Lab, log: Log = print) -> int:
-    result = up(lab, log=log)
-    for w in result.warnings:
-        log(f"WARNING: {w}")
-    log(f"lab {lab.name} is up (clab): {len(lab.nodes)} containers, {len(lab.links)} links, "
-        f"{result.impairments} impairment(s) set"
-        + (f", {len(result.warnings)} warning(s)" if result.warnings else ""))
-    return 0
-
-
-def cli_down(lab: Lab, log: Log = print) -> int:
-    down(lab, log=log)
-    return 0
-
-
-def cli_status(lab: Lab, as_json: bool = False) -> int:
-    st = status(lab)
-    print(json.dumps(st, indent=2) if as_json else format_status(st))
-    return 0

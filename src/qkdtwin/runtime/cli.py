@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from qkdtwin.runtime.inventory import write_inventory
+from qkdtwin.runtime.registry import add_runtime_argument, get_runtime
 from qkdtwin.topology import check_lab, load_lab, resolve_lab_path
 
 
@@ -36,68 +38,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
-    from qkdtwin.runtime.inventory import write_inventory
-
     lab = load_lab(args.lab)
-    from qkdtwin.runtime.clab import NODE_PYTHON  # the image's interpreter for clab nodes
-
-    python = NODE_PYTHON if args.runtime == "clab" else None
-    path = write_inventory(lab, runtime=args.runtime, python=python)
+    path = write_inventory(lab, get_runtime(args.runtime))
     _say(f"inventory: wrote {path}")
     return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from qkdtwin.runtime import netns
-    from qkdtwin.runtime.inventory import write_inventory
-
     lab = load_lab(args.lab)
-    if getattr(args, "runtime", "netns") == "clab":
-        from qkdtwin.runtime import clab
-        return clab.cli_up(lab, log=_say)
-    result = netns.up(lab, log=_say)
-    path = write_inventory(lab, runtime="netns")
-    _say(f"inventory: {path}")
+    rt = get_runtime(args.runtime)
+    result = rt.up(lab, log=_say)
     for w in result.warnings:
         _say(f"WARNING: {w}")
-    _say(f"lab {lab.name} is up: {len(lab.nodes)} nodes, {len(lab.links)} links"
-         + (f", {len(result.warnings)} warning(s)" if result.warnings else ""))
+    _say(rt.up_summary(lab, result))
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from qkdtwin.runtime import netns
-
-    lab = load_lab(args.lab)
-    if getattr(args, "runtime", "netns") == "clab":
-        from qkdtwin.runtime import clab
-        return clab.cli_down(lab, log=_say)
-    netns.down(lab, log=_say)
+    get_runtime(args.runtime).down(load_lab(args.lab), log=_say)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from qkdtwin.runtime import netns
-
-    lab = load_lab(args.lab)
-    if getattr(args, "runtime", "netns") == "clab":
-        from qkdtwin.runtime import clab
-        return clab.cli_status(lab, as_json=args.json)
-    st = netns.status(lab)
-    if args.json:
-        print(json.dumps(st, indent=2))
-    else:
-        print(netns.format_status(st))
+    rt = get_runtime(args.runtime)
+    st = rt.status(load_lab(args.lab))
+    print(json.dumps(st, indent=2) if args.json else rt.format_status(st))
     return 0
 
 
 def _lab_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("lab", metavar="LAB", help="labs/<lab>.clab.yml or a lab name")
-
-
-def _runtime_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runtime", choices=("netns", "clab"), default="netns",
-                   help="netns (default, this host) or clab (containerlab + Docker)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,23 +77,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("up", help="create (or repair) a lab's namespaces and links")
     _lab_arg(p)
-    _runtime_arg(p)
+    add_runtime_argument(p)
     p.set_defaults(func=cmd_up)
 
     p = subparsers.add_parser("down", help="destroy a lab: processes, namespaces, links")
     _lab_arg(p)
-    _runtime_arg(p)
+    add_runtime_argument(p)
     p.set_defaults(func=cmd_down)
 
     p = subparsers.add_parser("status", help="show a lab's nodes, addresses and links")
     _lab_arg(p)
-    _runtime_arg(p)
+    add_runtime_argument(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
     p = subparsers.add_parser("inventory", help="write labs/clab-<lab>/ansible-inventory.yml")
     _lab_arg(p)
-    p.add_argument("--runtime", choices=("netns", "clab"), default="netns",
-                   help="connection vars for this runtime (default netns)")
+    add_runtime_argument(p, help="connection vars for this runtime (default netns)")
     p.set_defaults(func=cmd_inventory)
 

@@ -1,20 +1,19 @@
 """The Ansible inventory of a lab, in the shape fixed by docs/architecture.md.
 
 `build_inventory()` is a pure function of the lab and the runtime: every runtime produces the
-same groups and vars, only the connection vars (and the per-node data dir) differ.
+same groups and vars, only the connection vars (and the per-node data dir) differ; the runtime
+(a :class:`qkdtwin.runtime.base.Runtime`) supplies those.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from qkdtwin.topology import BROKER_PORT, ROLES, Lab, Link
 
-RUNTIMES = ("netns", "clab")
 INVENTORY_NAME = "ansible-inventory.yml"
 
 
@@ -35,22 +34,19 @@ def _qkd_link(link: Link) -> dict[str, Any]:
     }
 
 
-def _connection_vars(lab: Lab, node: str, runtime: str, python: str) -> dict[str, Any]:
-    if runtime == "netns":
-        # Nodes share the host's file system, so the controller's venv Python runs modules.
-        return {"ansible_connection": "netns", "qkdtwin_netns": lab.namespace(node),
-                "ansible_python_interpreter": python}
-    return {"ansible_connection": "community.docker.docker",
-            "ansible_host": lab.namespace(node)}
+class InventoryRuntime(Protocol):
+    """What the inventory needs of a runtime (a Runtime has it; no import, no cycle)."""
+
+    name: str
+
+    def node_python(self) -> str: ...
+
+    def connection_vars(self, lab: Lab, node: str, python: str) -> dict[str, Any]: ...
+
+    def data_dir(self, lab: Lab, node: str) -> str: ...
 
 
-def data_dir(lab: Lab, node: str, runtime: str) -> str:
-    if runtime == "netns":
-        return str(lab.lab_dir / "nodes" / node)
-    return "/var/lib/qkdtwin"
-
-
-def host_vars(lab: Lab, node: str, runtime: str, python: str) -> dict[str, Any]:
+def host_vars(lab: Lab, node: str, runtime: InventoryRuntime, python: str) -> dict[str, Any]:
     n = lab.nodes[node]
     interfaces = []
     node_qkd_links = []
@@ -78,24 +74,22 @@ def host_vars(lab: Lab, node: str, runtime: str, python: str) -> dict[str, Any]:
         "qkdtwin_node": node,
         "qkdtwin_roles": list(n.roles),
         "qkdtwin_mgmt_ipv4": n.mgmt_ipv4,
-        "qkdtwin_data_dir": data_dir(lab, node, runtime),
+        "qkdtwin_data_dir": runtime.data_dir(lab, node),
         "qkdtwin_interfaces": interfaces,
         "qkdtwin_node_qkd_links": node_qkd_links,
     }
-    hv.update(_connection_vars(lab, node, runtime, python))
+    hv.update(runtime.connection_vars(lab, node, python))
     return hv
 
 
-def build_inventory(lab: Lab, runtime: str = "netns", python: str | None = None) -> dict:
+def build_inventory(lab: Lab, runtime: InventoryRuntime, python: str | None = None) -> dict:
     """The inventory as a YAML-ready dict (hosts with their vars under `all.hosts`, groups
-    by role under `all.children`)."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}")
-    python = python or sys.executable
+    by role under `all.children`); ``python`` overrides the runtime's node interpreter."""
+    python = python or runtime.node_python()
     all_vars = {
         "qkdtwin_lab": lab.name,
         "qkdtwin_lab_dir": str(lab.lab_dir),
-        "qkdtwin_runtime": runtime,
+        "qkdtwin_runtime": runtime.name,
         "qkdtwin_python": python,
         "qkdtwin_users": [u.as_dict() for u in lab.users],
         "qkdtwin_broker": {"host": lab.broker.mgmt_ipv4, "port": BROKER_PORT},
@@ -124,7 +118,7 @@ def render_inventory(inv: dict, lab: Lab) -> str:
                               width=100)
 
 
-def write_inventory(lab: Lab, runtime: str = "netns", python: str | None = None) -> Path:
+def write_inventory(lab: Lab, runtime: InventoryRuntime, python: str | None = None) -> Path:
     """Write `labs/clab-<lab>/ansible-inventory.yml` (only when its content changed)."""
     path = inventory_path(lab)
     text = render_inventory(build_inventory(lab, runtime, python), lab)

@@ -1,6 +1,6 @@
 """Application (SAE) side of the Key Manager's northbound APIs: a small client library
-(:mod:`qkdtwin.sae.client`), how to find a lab's KM and certificates
-(:mod:`qkdtwin.sae.lab`), and the ``qkdtwin sae`` command (:mod:`qkdtwin.sae.cli`)."""
+(:mod:`qkdtwin.sae.client`) and the ``qkdtwin sae`` command (:mod:`qkdtwin.sae.cli`); a lab's
+KMs and certificates come from :mod:`qkdtwin.labops.lab`."""
 
 from qkdtwin.sae.client import KmResponse, SaeClient, SaeError
 

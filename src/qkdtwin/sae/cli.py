@@ -25,6 +25,7 @@ import uuid
 from typing import Any
 
 from qkdtwin.errors import UserError
+from qkdtwin.labops.lab import DeployedLab
 from qkdtwin.sae.client import KmResponse, SaeClient
 
 
@@ -38,8 +39,6 @@ def client_from_args(args: argparse.Namespace) -> SaeClient:
         if missing:
             raise UserError(f"without a LAB, give {', '.join(missing)} (or name the lab)")
     else:
-        from qkdtwin.sae.lab import DeployedLab
-
         lab = DeployedLab.load(args.lab)
         if not args.sae:
             raise UserError("name the application with --sae (e.g. --sae sae-2)")

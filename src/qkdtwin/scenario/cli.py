@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from qkdtwin.errors import UserError
+from qkdtwin.labops.lab import DeployedLab
 from qkdtwin.scenario.model import LabFacts, Scenario, check_against_lab, load_scenario
 from qkdtwin.scenario.report import format_table
 from qkdtwin.scenario.runner import ScenarioResult, ScenarioRunner, paths_from_events
+from qkdtwin.timeline import render_html, render_png, timeline_for
+from qkdtwin.topology import load_lab
 
 
 def prepare(lab_ref: str, path: str | Path) -> tuple[Scenario, Any]:
     """The validated scenario and the deployed lab it runs on (UserError when not)."""
-    from qkdtwin.sae.lab import DeployedLab
-    from qkdtwin.topology import load_lab
-
     sc = load_scenario(path)
     check_against_lab(sc, LabFacts.from_lab(load_lab(lab_ref)))
     return sc, DeployedLab.load(lab_ref)
@@ -53,9 +53,7 @@ def run(lab_ref: str, path: str | Path, log: Callable[[str], None] = print) -> S
 
 def write_timeline(lab_dir: Path, out: Path, since: float, title: str,
                    sessions: list[str] | None = None) -> tuple[Path, Path]:
-    """The timeline PNG + HTML of the lab's recording from ``since`` (helper-8's renderer)."""
-    from qkdtwin.timeline import render_html, render_png, timeline_for
-
+    """The timeline PNG + HTML of the lab's recording from ``since``."""
     tl = timeline_for(lab_dir / "events", sessions=sessions, since=since)
     return (render_png(tl, out / "timeline.png", title),
             render_html(tl, out / "timeline.html", title))
@@ -78,8 +76,6 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     else:
         print(format_table(result), flush=True)
     if args.timeline:
-        from qkdtwin.sae.lab import DeployedLab
-
         lab = DeployedLab.load(args.lab)
         try:
             png, page = write_timeline(lab.lab_dir, Path(args.timeline), result.started - 1,

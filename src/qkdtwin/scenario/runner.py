@@ -19,6 +19,7 @@ from typing import Any
 
 from qkdtwin.errors import UserError
 from qkdtwin.sae.client import KmResponse, SaeClient, SaeError
+from qkdtwin.scenario.faults import FaultInjector
 from qkdtwin.scenario.model import Fault, Pair, Scenario
 
 Log = Callable[[str], None]
@@ -133,7 +134,7 @@ class _TimedOut(Exception):
 
 
 class ScenarioRunner:
-    """Runs one scenario on one deployed lab (:class:`qkdtwin.sae.lab.DeployedLab`)."""
+    """Runs one scenario on one deployed lab (:class:`qkdtwin.labops.lab.DeployedLab`)."""
 
     def __init__(self, scenario: Scenario, lab: Any, lab_ref: str, *, log: Log = print,
                  injector: Any = None) -> None:
@@ -150,9 +151,7 @@ class ScenarioRunner:
         self.done = {p.name: threading.Event() for p in scenario.pairs}
         self.faults = [FaultResult(f) for f in scenario.faults]
         if injector is None and scenario.faults:
-            from qkdtwin.scenario.faults import FaultInjector
-
-            injector = FaultInjector(lab_ref, lab)
+            injector = FaultInjector(lab)
         self.injector = injector
 
     # -- output --

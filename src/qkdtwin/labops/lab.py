@@ -1,6 +1,7 @@
-"""What a host-side client needs to know about a deployed lab, read from the files that
-`qkdtwin deploy` leaves in ``labs/clab-<lab>/``: the generated inventory (KM addresses, which
-KM each SAE attaches to, the broker) and the host-side PKI (CA, SAE and host certificates).
+"""Connecting to a deployed lab: what a host-side client needs to know about it, read from
+the files that `qkdtwin deploy` leaves in ``labs/clab-<lab>/``: the generated inventory (KM
+addresses, which KM each SAE attaches to, the broker, the runtime) and the host-side PKI (CA,
+SAE and host certificates).
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ from typing import Any
 
 import yaml
 
+from qkdtwin.bus import BrokerConfig
 from qkdtwin.errors import UserError
+from qkdtwin.runtime.base import Runtime
+from qkdtwin.runtime.inventory import inventory_path
+from qkdtwin.runtime.registry import DEFAULT_RUNTIME, get_runtime
+from qkdtwin.topology import Lab, load_lab
 
 KM_PORT = 8443  # the KM's HTTPS port (docs/architecture.md)
 
@@ -20,15 +26,14 @@ KM_PORT = 8443  # the KM's HTTPS port (docs/architecture.md)
 class DeployedLab:
     name: str
     lab_dir: Path
-    vars: dict[str, Any]
+    vars: dict[str, Any]  # the inventory's all.vars
+    topology: Lab | None = None  # the lab file it was deployed from
 
     @classmethod
     def load(cls, ref: str | Path) -> DeployedLab:
         """A lab by name or topology path; refused when it has not been deployed."""
-        from qkdtwin.topology import load_lab
-
         lab = load_lab(ref)
-        inv = lab.lab_dir / "ansible-inventory.yml"
+        inv = inventory_path(lab)
         if not inv.is_file():
             raise UserError(f"lab {lab.name} is not deployed: {inv} does not exist "
                             f"(run `qkdtwin deploy {ref}`)")
@@ -37,7 +42,7 @@ class DeployedLab:
             all_vars = data["all"]["vars"]
         except (yaml.YAMLError, KeyError, TypeError) as exc:
             raise UserError(f"cannot read the inventory {inv}: {exc}") from None
-        return cls(lab.name, lab.lab_dir, all_vars)
+        return cls(lab.name, lab.lab_dir, all_vars, lab)
 
     # -- PKI --
 
@@ -78,9 +83,35 @@ class DeployedLab:
     def qkd_links(self) -> list[dict[str, Any]]:
         return list(self.vars.get("qkdtwin_qkd_links") or [])
 
+    # -- runtime: reaching a node --
+
     @property
-    def runtime(self) -> str:
-        return str(self.vars.get("qkdtwin_runtime", "netns"))
+    def runtime_name(self) -> str:
+        return str(self.vars.get("qkdtwin_runtime", DEFAULT_RUNTIME))
+
+    @property
+    def runtime(self) -> Runtime:
+        """The backend the lab was deployed with (the inventory records it)."""
+        return get_runtime(self.runtime_name)
+
+    @property
+    def lab(self) -> Lab:
+        if self.topology is None:
+            raise UserError(f"lab {self.name}: loaded without its topology")
+        return self.topology
+
+    @property
+    def node_python(self) -> str:
+        """The interpreter of qkdtwin's services inside the nodes."""
+        return str(self.vars.get("qkdtwin_python") or self.runtime.node_python())
+
+    def node_name(self, node: str) -> str:
+        """The node's name on the host (namespace or container)."""
+        return self.runtime.node_name(self.lab, node)
+
+    def node_argv(self, node: str, argv: list[str]) -> list[str]:
+        """The host command line that runs ``argv`` inside ``node``."""
+        return self.runtime.exec_argv(self.lab, node, argv)
 
     def saes(self) -> dict[str, dict[str, str]]:
         """SAE ID -> {km, user, status} from the lab's users file."""
@@ -113,13 +144,8 @@ class DeployedLab:
             raise UserError(f"the inventory of lab {self.name} names no broker")
         return {"host": str(b["host"]), "port": int(b.get("port", 8883))}
 
-    def broker_config(self) -> Any:
-        """A :class:`qkdtwin.bus.BrokerConfig` with the host identity (CN=host)."""
-        from qkdtwin.bus import BrokerConfig
-
+    def broker_config(self) -> BrokerConfig:
+        """Broker address with the host identity (CN=host): reads and writes everything."""
         cert, key = self.host_identity()
         b = self.broker()
         return BrokerConfig(b["host"], b["port"], str(self.ca), str(cert), str(key))
-
-    def namespace(self, node: str) -> str:
-        return f"clab-{self.name}-{node}"
