@@ -26,7 +26,7 @@ DEFAULT_KEYS = ("api", "keys", "size", "per_request", "interval", "priority", "q
                 "expect")
 FAULT_KEYS = ("at", "action", "link", "fraction", "node", "program")
 EXPECTS = ("keys", "refused")
-# supervisord program of each control role (roles/*/templates/*.supervisord.conf.j2)
+# supervisord program of each control role (roles common, control_element and the service roles)
 ROLE_PROGRAMS = {"km": "key_manager", "sdn": "qkdtwin-sdn", "access": "qkdtwin-access",
                  "admission": "qkdtwin-admission", "routing": "qkdtwin-routing",
                  "monitor": "qkdtwin-monitoring", "broker": "mosquitto"}
