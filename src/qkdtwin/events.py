@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qkdtwin.errors import UserError
+from qkdtwin.session_fold import SessionFold
 
 PREFIX = "qkd/v1/"
 
@@ -351,41 +352,14 @@ def build_timeline(events: Iterable[Event], *, sessions: Iterable[str] | None = 
     start = t0 if t0 is not None else min(e.ts for e in chosen)
     markers = [Marker(e.ts - start, e.lane, e.category, e.kind, e.session_id, _label(e),
                       e.payload) for e in chosen]
-    info: dict[str, dict[str, Any]] = {}
-    hops: dict[str, dict[str, dict[str, Any]]] = {}
-    for e in chosen:
-        sid = e.session_id
-        if not sid:
-            continue
-        s = info.setdefault(sid, {"first": e.ts - start, "last": e.ts - start, "path": None,
-                                  "saes": None, "api": None, "keys": 0})
-        s["last"] = e.ts - start
-        p = e.payload
-        if isinstance(p.get("path"), list):
-            s["path"] = p["path"]
-        if e.kind == "session_request" and s["saes"] is None:
-            s["saes"] = [p.get("sae_id"), p.get("peer_sae_id")]
-            s["api"] = p.get("api")
-        if e.kind in ("session_configured", "forwarding_update"):
-            hops.setdefault(sid, {})[e.element] = p
-        if e.kind == "keys_delivered" and p.get("side") != "slave":
-            n = p.get("number", 1)
-            s["keys"] += n if isinstance(n, int) else 1
-    for sid, by_km in hops.items():
-        if info[sid]["path"] is None:
-            info[sid]["path"] = path_from_hops(by_km)
+    info = {sid: s.timeline_view(start) for sid, s in fold_sessions(chosen).sessions.items()}
     return Timeline(start, lane_order(m.lane for m in markers), markers, info)
 
 
-def path_from_hops(by_km: dict[str, dict[str, Any]]) -> list[str] | None:
-    """A session's path from its KMs' latest configurations (each knows only its next hop)."""
-    src = next((km for km, p in by_km.items() if p.get("role") == "source"), None)
-    if src is None:
-        return None
-    path = [src]
-    while len(path) <= len(by_km):
-        nxt = (by_km.get(path[-1]) or {}).get("next_hop")
-        if not nxt or nxt in path:
-            break
-        path.append(nxt)
-    return path
+def fold_sessions(events: Iterable[Event], *, live: bool = False) -> SessionFold:
+    """The sessions of events (in order) by :class:`qkdtwin.session_fold.SessionFold`."""
+    fold = SessionFold(live=live)
+    for ev in events:
+        if ev.session_id:
+            fold.feed(ev.session_id, ev.kind, ev.element, ev.ts, ev.payload)
+    return fold

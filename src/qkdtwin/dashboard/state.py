@@ -15,7 +15,8 @@ from collections import deque
 from typing import Any
 
 from qkdtwin.bus import PREFIX
-from qkdtwin.events import Event, categorize, path_from_hops
+from qkdtwin.events import Event, categorize
+from qkdtwin.session_fold import SessionFold
 
 MAX_EVENTS = 500
 ENDED_KEEP_S = 60.0  # terminated sessions stay listed (greyed) this long
@@ -37,8 +38,7 @@ class LiveState:
                 "status": None, "qber": None, "skr_bps": None, "stored_bits": None,
                 "eve_fraction": None, "module_status": None, "pool_bits": {},
                 "alarm": None, "alarm_ts": None, "cut": False, "telemetry_ts": None}
-        self.sessions: dict[str, dict[str, Any]] = {}
-        self._hops: dict[str, dict[str, dict[str, Any]]] = {}
+        self._fold = SessionFold(live=True)  # the sessions, as the bus tells them
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self.seq = 0
         self.connected = False
@@ -127,60 +127,9 @@ class LiveState:
         el = p.get("element")
         if isinstance(el, str) and el in self.nodes:
             self.nodes[el]["last_seen"] = p.get("ts")
-        sid, kind = p.get("session_id"), p.get("kind")
-        if not isinstance(sid, str):
-            return
-        ts = p.get("ts", time.time())
-        s = self.sessions.get(sid)
-        starts = kind in ("config_request_received", "session_request")
-        if s is not None and starts and s["state"] in ("terminated", "rejected"):
-            s = None  # the same id again (ETSI 014 ids come from the SAE pair): a new session
-            self._hops.pop(sid, None)
-        if s is None:
-            if kind not in ("config_request_received", "session_request", "session_accepted",
-                            "path_assigned", "session_active", "session_configured"):
-                return
-            s = self.sessions[sid] = {"id": sid, "saes": None, "user": None, "api": None,
-                                      "path": None, "links": None, "state": "requested",
-                                      "keys": 0, "reroutes": 0, "old_path": None,
-                                      "started": ts, "updated": ts, "reason": None}
-        s["updated"] = ts
-        if kind in ("config_request_received", "session_request") and s["saes"] is None:
-            s["saes"] = [p.get("sae_id"), p.get("peer_sae_id")]
-            s["api"] = s["api"] or p.get("api")
-        elif kind == "session_accepted":
-            s["user"], s["api"] = p.get("user"), p.get("api") or s["api"]
-            s["state"] = "accepted"
-        elif kind in ("path_assigned", "session_active", "session_rerouted"):
-            if isinstance(p.get("path"), list):
-                if kind == "session_rerouted":
-                    s["old_path"] = p.get("old_path") or s["path"]
-                    s["reroutes"] += 1
-                    s["reroute_link"] = p.get("link")
-                s["path"] = p["path"]
-            if isinstance(p.get("links"), list):
-                s["links"] = p["links"]
-            s["state"] = "active"
-        elif kind in ("session_configured", "forwarding_update") and isinstance(el, str):
-            hops = self._hops.setdefault(sid, {})
-            hops[el] = p
-            derived = path_from_hops(hops)
-            if derived and (s["path"] is None or s.get("path_from_kms")):
-                if s["path"] and derived != s["path"] and kind == "forwarding_update":
-                    s["old_path"] = s["path"]
-                    s["reroutes"] += 1
-                s["path"], s["path_from_kms"] = derived, True
-            if s["state"] == "requested":
-                s["state"] = "active"
-        elif kind == "keys_delivered" and p.get("side") != "slave":
-            n = p.get("number", 1)
-            s["keys"] += n if isinstance(n, int) else 1
-        elif kind in ("session_terminated", "session_rejected"):
-            s["state"] = "terminated" if kind == "session_terminated" else "rejected"
-            s["reason"] = p.get("reason")
-            s["ended"] = ts
-        elif kind == "session_state" and p.get("new") == "TERMINATED" and s["state"] != "active":
-            s["state"], s["reason"], s["ended"] = "terminated", p.get("reason"), ts
+        sid = p.get("session_id")
+        if isinstance(sid, str):
+            self._fold.feed(sid, p.get("kind"), el, p.get("ts", time.time()), p)
 
     def _event(self, topic: str, p: dict[str, Any]) -> None:
         self.seq += 1
@@ -210,16 +159,15 @@ class LiveState:
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         now = now or time.time()
         with self._lock:
-            for sid in [s for s, v in self.sessions.items()
-                        if v.get("ended") and now - v["ended"] > ENDED_KEEP_S]:
-                self.sessions.pop(sid, None)
-                self._hops.pop(sid, None)
+            for sid in [s for s, v in self._fold.sessions.items()
+                        if v.has_ended and now - v.ended > ENDED_KEEP_S]:
+                self._fold.forget(sid)
             links = [{**lk, "pool_bits": dict(lk["pool_bits"]), "state": self.link_state(lk)}
                      for lk in self.links.values()]
             return {"lab": self.lab, "now": now, "connected": self.connected,
                     "messages": self.messages, "seq": self.seq,
                     "nodes": [dict(n) for n in self.nodes.values()], "links": links,
-                    "sessions": sorted((dict(s) for s in self.sessions.values()),
+                    "sessions": sorted((s.live_view() for s in self._fold.sessions.values()),
                                        key=lambda s: s["started"])}
 
     def events_after(self, seq: int, limit: int = 200) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qkdtwin.errors import UserError
+from qkdtwin.events import fold_sessions, load_events
 from qkdtwin.sae.client import KmResponse, SaeClient, SaeError
 from qkdtwin.scenario.faults import FaultInjector
 from qkdtwin.scenario.model import Fault, Pair, Scenario
@@ -468,8 +469,6 @@ def paths_from_events(lab_dir: Any, session_ids: list[str], since: float,
     (admission's ``path_assigned``/``session_rerouted``, else the KMs' configurations): the
     path it had at ``since`` (a session opened earlier keeps its path) and every change after.
     Sessions not found are left out. ``wait`` lets the recorder write the last events."""
-    from qkdtwin.events import build_timeline, load_events
-
     events_dir = lab_dir / "events"
     if not events_dir.is_dir() or not session_ids:
         return {}
@@ -479,22 +478,10 @@ def paths_from_events(lab_dir: Any, session_ids: list[str], since: float,
         events = [e for e in load_events(events_dir) if e.session_id in wanted]
     except UserError:
         return {}
-    out: dict[str, list[list[str]]] = {}
-    for e in events:
-        path = e.payload.get("path")
-        if e.kind in ("path_assigned", "session_rerouted") and isinstance(path, list):
-            seen = out.setdefault(e.session_id or "", [])
-            path = [str(x) for x in path]
-            if e.ts < since:
-                seen[:] = [path]  # only the path it had when the run started
-            elif not seen or seen[-1] != path:
-                seen.append(path)
-    if wanted - set(out) and events:  # no admission events: the KMs' forwarding entries
-        try:
-            tl = build_timeline(events)
-        except UserError:
-            return out
-        for sid, s in tl.sessions.items():
-            if sid not in out and s.get("path"):
-                out[sid] = [s["path"]]
+    sessions = fold_sessions(events).sessions.values()
+    out = {s.id: changes for s in sessions if (changes := s.path_changes(since))}
+    for s in sessions:  # no admission events: the path of the KMs' forwarding entries
+        path = s.timeline_view(0.0)["path"]
+        if s.id not in out and path:
+            out[s.id] = [path]
     return out
