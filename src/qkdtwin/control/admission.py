@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ from qkdtwin.bus import Message, RequestTimeout
 from qkdtwin.control.common import Element
 from qkdtwin.control.sla import bucket_for, check_qos
 from qkdtwin.service import run_service
+from qkdtwin.sqlite import open_db
 
 log = logging.getLogger("qkdtwin.admission")
 
@@ -68,8 +68,7 @@ class SessionStore:
     """Sessions as JSON rows; terminated ones stay as history."""
 
     def __init__(self, path: str) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_db(path)
         self._db.execute("CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY,"
                          " state TEXT, body TEXT)")
         self._lock = threading.Lock()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import ssl
 import sys
 import threading
@@ -44,6 +43,7 @@ from qkdtwin import bus
 from qkdtwin.bus import Message
 from qkdtwin.control.common import Element
 from qkdtwin.service import run_service
+from qkdtwin.sqlite import open_db
 
 DOWN_STATUS = ("down", "error", "failed", "stopped")
 SEVERITY = {"clear": 0, "qber_suspicious": 1, "qber_high": 2, "link_down": 3}
@@ -88,8 +88,7 @@ class Monitoring(Element):
         self.topo_links: set[str] = set()
         self.kms: dict[str, str | None] = {}
         self.km_rtt: dict[str, float | None] = {}
-        self._db = sqlite3.connect(str(config.get("db") or self.data_dir / "monitoring.db"),
-                                   check_same_thread=False, isolation_level=None)
+        self._db = open_db(config.get("db") or self.data_dir / "monitoring.db", wal=False)
         self._db.execute("CREATE TABLE IF NOT EXISTS alarms (link TEXT PRIMARY KEY, kind TEXT,"
                          " body TEXT)")
         self.alarms: dict[str, dict[str, Any]] = {

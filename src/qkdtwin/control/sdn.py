@@ -23,7 +23,6 @@ Config: ``listen`` {host, port: 8445}, ``tls`` {ca, cert, key}, ``writers``, ``d
 from __future__ import annotations
 
 import json
-import sqlite3
 import ssl
 import sys
 import threading
@@ -39,6 +38,7 @@ from qkdtwin import bus
 from qkdtwin.control.common import Element, require
 from qkdtwin.errors import UserError
 from qkdtwin.service import run_service
+from qkdtwin.sqlite import open_db
 
 BASE = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
 LINK_TYPES = ("PHYS", "VIRT")
@@ -95,8 +95,7 @@ class Registry:
 
     def __init__(self, path: str | Path) -> None:
         self.lock = threading.RLock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_db(path)
         self._db.execute("CREATE TABLE IF NOT EXISTS obj (kind TEXT, id TEXT, body TEXT,"
                          " PRIMARY KEY (kind, id))")
         self.nodes: dict[str, dict[str, Any]] = {}

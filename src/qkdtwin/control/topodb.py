@@ -17,13 +17,14 @@ A link is usable for a request when its status is ``up``, it has no ``link_down`
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
+
+from qkdtwin.sqlite import open_db
 
 BLOCKING_ALARMS = ("link_down", "qber_high")
 
@@ -44,8 +45,7 @@ class TopologyDB:
         self.reservations: dict[str, dict[str, Any]] = {}  # session -> {rate_bps, links}
         self._db = None
         if path is not None:
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = open_db(path)
             self._db.execute("CREATE TABLE IF NOT EXISTS kv (kind TEXT, key TEXT, value TEXT,"
                              " PRIMARY KEY (kind, key))")
             for kind, key, value in self._db.execute("SELECT kind, key, value FROM kv"):

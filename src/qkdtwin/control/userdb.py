@@ -13,10 +13,11 @@ Records follow the lab users file (``labs/<lab>.users.yml``)::
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
+
+from qkdtwin.sqlite import open_db
 
 SLA_INT_FIELDS = ("max_priority", "max_key_rate", "max_key_size", "max_sessions")
 STATUSES = ("active", "disabled")
@@ -72,8 +73,7 @@ class UserDB:
 
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_db(path)
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS users (

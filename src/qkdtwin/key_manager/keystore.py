@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qkdtwin.errors import UserError
+from qkdtwin.sqlite import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS link_keys (
@@ -127,10 +128,7 @@ class KeyStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
-                                   timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_db(path, synchronous="NORMAL", timeout=10)
         self._db.execute("PRAGMA secure_delete=ON")  # consumed key bytes are overwritten
         self._lock = threading.RLock()
         self._migrate()

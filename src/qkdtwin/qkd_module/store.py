@@ -12,12 +12,13 @@ assigned, so no byte is ever handed out under two IDs. Delivered keys are delete
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+
+from qkdtwin.sqlite import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -39,9 +40,7 @@ class StoreError(Exception):
 class KeyStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_db(path, synchronous="FULL")
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
 
