@@ -30,27 +30,32 @@ def create_app(state: LiveState, actions: Any = None, bus: Any = None) -> Flask:
     ``bus``: the dashboard's :class:`qkdtwin.bus.Bus`, to publish its operator actions."""
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
     app.config["JSON_SORT_KEYS"] = False
+    _error_handlers(app)
+    _read_routes(app, state, controls=actions is not None)
+    _control_routes(app, state, actions, bus)
+    return app
 
-    def fail(code: int, message: str) -> Response:
-        r = jsonify({"error": message})
-        r.status_code = code
-        return r
 
-    def record(kind: str, **fields: Any) -> None:
-        if bus is not None and bus.connected:
-            bus.event(kind, **fields)  # comes back through the bus into the stream
-        else:
-            state.note(kind, **fields)
+def _fail(code: int, message: str) -> Response:
+    r = jsonify({"error": message})
+    r.status_code = code
+    return r
 
+
+def _error_handlers(app: Flask) -> None:
+    """Every error is JSON ``{"error": ...}``; an unexpected one is logged."""
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
-        return fail(exc.code or 500, exc.description or exc.name)
+        return _fail(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(Exception)
     def any_error(exc: Exception) -> Response:
         log.exception("dashboard request failed")
-        return fail(500, f"internal error: {type(exc).__name__}")
+        return _fail(500, f"internal error: {type(exc).__name__}")
 
+
+def _read_routes(app: Flask, state: LiveState, *, controls: bool) -> None:
+    """The page, /healthz and the state and events the page polls."""
     @app.get("/")
     def index() -> Response:
         r = send_from_directory(STATIC, "index.html")
@@ -64,7 +69,7 @@ def create_app(state: LiveState, actions: Any = None, bus: Any = None) -> Flask:
     @app.get("/api/state")
     def api_state() -> Response:
         snap = state.snapshot()
-        snap["controls"] = actions is not None
+        snap["controls"] = controls
         return jsonify(snap)
 
     @app.get("/api/events")
@@ -72,19 +77,29 @@ def create_app(state: LiveState, actions: Any = None, bus: Any = None) -> Flask:
         try:
             after = int(request.args.get("after", "0"))
         except ValueError:
-            return fail(400, "after must be an integer")
+            return _fail(400, "after must be an integer")
         return jsonify({"events": state.events_after(after), "seq": state.seq})
+
+
+def _control_routes(app: Flask, state: LiveState, actions: Any, bus: Any) -> None:
+    """The demonstration controls on a link (eavesdropper, cut, restore); each action, and
+    its failure, goes into the event stream."""
+    def record(kind: str, **fields: Any) -> None:
+        if bus is not None and bus.connected:
+            bus.event(kind, **fields)  # comes back through the bus into the stream
+        else:
+            state.note(kind, **fields)
 
     def _action(link: str, fn, what: str, **fields: Any) -> Response:
         if actions is None:
-            return fail(503, "demonstration controls are off (no deployed lab)")
+            return _fail(503, "demonstration controls are off (no deployed lab)")
         if link not in state.links:
-            return fail(404, f"no QKD link {link}")
+            return _fail(404, f"no QKD link {link}")
         try:
             out = fn()
         except UserError as exc:
             record(f"operator_{what}_failed", link=link, error=str(exc), **fields)
-            return fail(502, str(exc))
+            return _fail(502, str(exc))
         record(f"operator_{what}", link=link, **fields)
         return jsonify({"ok": True, "result": out})
 
@@ -93,23 +108,18 @@ def create_app(state: LiveState, actions: Any = None, bus: Any = None) -> Flask:
         body = request.get_json(silent=True)
         f = body.get("fraction") if isinstance(body, dict) else None
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f <= 1:
-            return fail(400, "give {\"fraction\": F} with F in [0, 1]")
+            return _fail(400, "give {\"fraction\": F} with F in [0, 1]")
         return _action(link, lambda: actions.eve(link, float(f)), "eve", fraction=float(f))
+
+    def set_link(link: str, up: bool) -> Any:
+        out = actions.set_link(link, up=up)
+        state.set_cut(link, not up)
+        return out
 
     @app.post("/api/links/<link>/cut")
     def api_cut(link: str) -> Response:
-        def run() -> Any:
-            out = actions.set_link(link, up=False)
-            state.set_cut(link, True)
-            return out
-        return _action(link, run, "link_cut")
+        return _action(link, lambda: set_link(link, False), "link_cut")
 
     @app.post("/api/links/<link>/restore")
     def api_restore(link: str) -> Response:
-        def run() -> Any:
-            out = actions.set_link(link, up=True)
-            state.set_cut(link, False)
-            return out
-        return _action(link, run, "link_restore")
-
-    return app
+        return _action(link, lambda: set_link(link, True), "link_restore")
