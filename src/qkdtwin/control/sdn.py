@@ -35,6 +35,7 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from qkdtwin import bus
+from qkdtwin import messages as m
 from qkdtwin.control.common import Element, require
 from qkdtwin.errors import UserError
 from qkdtwin.service import run_service
@@ -180,8 +181,29 @@ class Registry:
                 if lk.get("session_id"):
                     entry["session_id"] = lk["session_id"]
                 links.append(entry)
-            return {"type": "topology", "version": self.version, "nodes": nodes,
-                    "links": links}
+            return m.Topology(version=self.version, nodes=nodes, links=links).to_payload()
+
+
+def _err(code: int, message: str) -> Response:
+    r = jsonify({"message": message})
+    r.status_code = code
+    return r
+
+
+def _caller() -> str | None:
+    """The client certificate's CN of the current request (mutual TLS)."""
+    return request.environ.get("SSL_CLIENT_S_DN_CN")
+
+
+def _body(key: str) -> dict[str, Any]:
+    """The request body's ``key`` object (with or without the module prefix)."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    inner = data.get(key, data.get(f"etsi-qkd-sdn-node:{key}"))
+    if not isinstance(inner, dict):
+        raise BadRequest(f"body must hold a {key!r} object")
+    return inner
 
 
 class SdnController(Element):
@@ -241,28 +263,15 @@ class SdnController(Element):
     def _make_app(self) -> Flask:
         app = Flask("qkdtwin.sdn")
         app.config["MAX_CONTENT_LENGTH"] = 1 << 20
-        reg = self.reg
+        self._add_errors_and_health(app)
+        self._add_node_routes(app)
+        self._add_link_routes(app)
+        return app
 
-        def err(code: int, message: str) -> Response:
-            r = jsonify({"message": message})
-            r.status_code = code
-            return r
+    def _may_write(self, qkdn_id: str) -> bool:
+        return _caller() == qkdn_id or _caller() in self.writers
 
-        def caller() -> str | None:
-            return request.environ.get("SSL_CLIENT_S_DN_CN")
-
-        def may_write(qkdn_id: str) -> bool:
-            return caller() == qkdn_id or caller() in self.writers
-
-        def body(key: str) -> dict[str, Any]:
-            data = request.get_json(silent=True)
-            if not isinstance(data, dict):
-                raise BadRequest("body must be a JSON object")
-            inner = data.get(key, data.get(f"etsi-qkd-sdn-node:{key}"))
-            if not isinstance(inner, dict):
-                raise BadRequest(f"body must hold a {key!r} object")
-            return inner
-
+    def _add_errors_and_health(self, app: Flask) -> None:
         @app.after_request
         def count(resp: Response) -> Response:
             self.m_http.labels(request.method, str(resp.status_code)).inc()
@@ -270,35 +279,38 @@ class SdnController(Element):
 
         @app.errorhandler(BadRequest)
         def bad(exc: BadRequest) -> Response:
-            return err(400, str(exc))
+            return _err(400, str(exc))
 
         @app.errorhandler(404)
         def not_found(exc: Exception) -> Response:
-            return err(404, "not found")
+            return _err(404, "not found")
 
         @app.errorhandler(405)
         def not_allowed(exc: Exception) -> Response:
-            return err(405, "method not allowed")
+            return _err(405, "method not allowed")
 
         @app.errorhandler(413)
         def too_large(exc: Exception) -> Response:
-            return err(413, "body too large")
+            return _err(413, "body too large")
 
         @app.errorhandler(Exception)
         def internal(exc: Exception) -> Response:
             app.logger.exception("request failed")
-            return err(500, "internal error")
+            return _err(500, "internal error")
 
         @app.get("/healthz")
         def healthz() -> Response:
             h = self.healthz()
-            r = jsonify({**h, "nodes": len(reg.nodes), "links": len(reg.links)})
+            r = jsonify({**h, "nodes": len(self.reg.nodes), "links": len(self.reg.links)})
             r.status_code = 200 if h["ok"] else 503
             return r
 
         @app.get("/metrics")
         def metrics() -> Response:
             return Response(generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)
+
+    def _add_node_routes(self, app: Flask) -> None:
+        reg = self.reg
 
         @app.get(BASE)
         def all_nodes() -> Response:
@@ -309,13 +321,13 @@ class SdnController(Element):
         def one_node(qkdn_id: str) -> Response:
             with reg.lock:
                 view = reg.node_view(qkdn_id)
-            return jsonify({"qkd_node": view}) if view else err(404, f"no node {qkdn_id}")
+            return jsonify({"qkd_node": view}) if view else _err(404, f"no node {qkdn_id}")
 
         @app.put(f"{BASE}/<qkdn_id>")
         def put_node(qkdn_id: str) -> Response:
-            if not may_write(qkdn_id):
-                return err(403, f"{caller()} may not register node {qkdn_id}")
-            node = body("qkd_node")
+            if not self._may_write(qkdn_id):
+                return _err(403, f"{_caller()} may not register node {qkdn_id}")
+            node = _body("qkd_node")
             if node.get("qkdn_id", qkdn_id) != qkdn_id:
                 raise BadRequest("qkdn_id in the body differs from the URL")
             reg.put_node(qkdn_id, node, self._mgmt.get(qkdn_id))
@@ -326,18 +338,21 @@ class SdnController(Element):
 
         @app.delete(f"{BASE}/<qkdn_id>")
         def delete_node(qkdn_id: str) -> Response:
-            if not may_write(qkdn_id):
-                return err(403, f"{caller()} may not remove node {qkdn_id}")
+            if not self._may_write(qkdn_id):
+                return _err(403, f"{_caller()} may not remove node {qkdn_id}")
             if not reg.delete_node(qkdn_id):
-                return err(404, f"no node {qkdn_id}")
+                return _err(404, f"no node {qkdn_id}")
             self.changed("node_down", node=qkdn_id)
             return Response(status=204)
 
+    def _add_link_routes(self, app: Flask) -> None:
+        reg = self.reg
+
         @app.put(f"{BASE}/<qkdn_id>/qkd_links/qkd_link/<qkdl_id>")
         def put_link(qkdn_id: str, qkdl_id: str) -> Response:
-            if not may_write(qkdn_id):
-                return err(403, f"{caller()} may not write links of {qkdn_id}")
-            link = body("qkd_link")
+            if not self._may_write(qkdn_id):
+                return _err(403, f"{_caller()} may not write links of {qkdn_id}")
+            link = _body("qkd_link")
             if link.setdefault("qkdl_id", qkdl_id) != qkdl_id:
                 raise BadRequest("qkdl_id in the body differs from the URL")
             reg.put_link(qkdn_id, link)
@@ -348,14 +363,12 @@ class SdnController(Element):
 
         @app.delete(f"{BASE}/<qkdn_id>/qkd_links/qkd_link/<qkdl_id>")
         def delete_link(qkdn_id: str, qkdl_id: str) -> Response:
-            if not may_write(qkdn_id):
-                return err(403, f"{caller()} may not delete links of {qkdn_id}")
+            if not self._may_write(qkdn_id):
+                return _err(403, f"{_caller()} may not delete links of {qkdn_id}")
             if not reg.delete_link(qkdl_id):
-                return err(404, f"no link {qkdl_id}")
+                return _err(404, f"no link {qkdl_id}")
             self.changed("link_deleted", link=qkdl_id)
             return Response(status=204)
-
-        return app
 
     def start(self, wait: float = 10.0) -> SdnController:
         super().start(wait)
