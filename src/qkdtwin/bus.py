@@ -119,6 +119,7 @@ class Bus:
         self.client_id = client_id
         self._subs: dict[str, tuple[Handler, int]] = {}
         self._connect_hooks: list[Callable[[], None]] = []
+        self._malformed_hooks: list[Callable[[str, BadMessage], None]] = []
         self._pending: dict[bytes, tuple[threading.Event, list]] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -183,6 +184,18 @@ class Bus:
         """Run ``hook`` (on the worker pool) after every (re)connection."""
         self._connect_hooks.append(hook)
 
+    def on_malformed(self, hook: Callable[[str, BadMessage], None]) -> None:
+        """Call ``hook(topic, error)`` for every dropped payload (after it is logged)."""
+        self._malformed_hooks.append(hook)
+
+    def _drop(self, topic: str, exc: BadMessage) -> None:
+        dropped(topic, exc)
+        for hook in self._malformed_hooks:
+            try:
+                hook(topic, exc)
+            except Exception:
+                log.exception("malformed-message hook failed")
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
         if getattr(self, "_stopping", False):
@@ -207,7 +220,7 @@ class Bus:
         try:
             payload = parse_json(msg.payload or b"{}")
         except BadMessage as exc:
-            dropped(msg.topic, exc)
+            self._drop(msg.topic, exc)
             return
         props = getattr(msg, "properties", None)
         message = Message(
@@ -230,8 +243,8 @@ class Bus:
     def _run_handler(self, handler: Handler, message: Message) -> None:
         try:
             handler(message.topic, message.payload, message)
-        except BadMessage as exc:
-            dropped(message.topic, exc)
+        except BadMessage as exc:  # the handler's decode refused the payload
+            self._drop(message.topic, exc)
         except Exception:  # a handler bug must not kill the element
             log.exception("handler for %s failed", message.topic,
                           extra={"topic": message.topic})

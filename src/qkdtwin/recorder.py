@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter
 
+from qkdtwin import messages as m
 from qkdtwin.bus import PREFIX, BrokerConfig, Bus, Message
 from qkdtwin.errors import UserError
 from qkdtwin.events import record_line
@@ -30,6 +31,7 @@ from qkdtwin.events import record_line
 log = logging.getLogger("qkdtwin.recorder")
 
 EVENT_TOPICS = (f"{PREFIX}/events/#", f"{PREFIX}/alarm/#", f"{PREFIX}/topology")
+RECORDED = (m.Event, m.LinkAlarm, m.Topology)
 TELEMETRY_TOPIC = f"{PREFIX}/telemetry/#"
 
 
@@ -98,6 +100,7 @@ class Recorder:
         return self
 
     def _on_event(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
+        m.decode_any(payload, RECORDED)  # a malformed payload is logged by the bus, not kept
         line = record_line(topic, payload, time.time())
         with self._lock:
             self.events.write(line)
@@ -106,6 +109,7 @@ class Recorder:
     def _on_telemetry(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
         if self.telemetry is None:
             return
+        m.decode_telemetry(payload)
         line = record_line(topic, payload, time.time())
         with self._lock:
             self.telemetry.write(line)

@@ -17,6 +17,7 @@ import requests
 import yaml
 
 from qkdtwin import bus
+from qkdtwin import messages as m
 from qkdtwin.bus import BrokerConfig, Bus
 from tests.support.broker import free_port
 from tests.support.pki import TestCA
@@ -69,40 +70,41 @@ class FakeKM:
         time.sleep(0.1)
 
     def _on_config(self, topic, p, msg) -> None:
+        m.decode(p, m.SessionConfig)  # what a real KM accepts
         with self._lock:
             self.configs.append(p)
             self.table[p["session_id"]] = p
 
     def _on_delete(self, topic, p, msg) -> None:
+        m.decode(p, m.SessionDelete)
         with self._lock:
             self.deletes.append(p)
             self.table.pop(p["session_id"], None)
         if self.confirm:
-            self.bus.publish(bus.ADMISSION_IN, {"type": "deletion_confirm", "km": self.name,
-                                                "session_id": p["session_id"]})
+            self.bus.publish(bus.ADMISSION_IN, m.DeletionConfirm(
+                km=self.name, session_id=p["session_id"]).to_payload())
 
     def authenticate(self, sae_id: str, user: str, peer: str, ou: str = "sae",
                      cn: str | None = None, session_id: str | None = None) -> dict[str, Any]:
-        return self.bus.request(bus.ACCESS_IN, {
-            "type": "authenticate", "km": self.name, "sae_id": sae_id, "peer_sae_id": peer,
-            "session_id": session_id,
-            "cert": {"cn": cn or sae_id, "o": user, "ou": ou, "fingerprint": "00"}})
+        return self.bus.request(bus.ACCESS_IN, m.Authenticate(
+            km=self.name, sae_id=sae_id, peer_sae_id=peer, session_id=session_id,
+            cert={"cn": cn or sae_id, "o": user, "ou": ou, "fingerprint": "00"}).to_payload())
 
     def open(self, sae_id: str, peer: str, user: str, session_id: str | None = None,
              api: str = "004", **qos: Any) -> str:
         sid = session_id or str(uuid.uuid4())
-        self.bus.publish(bus.ADMISSION_IN, {
-            "type": "config_request", "km": self.name, "session_id": sid, "user": user,
-            "sae_id": sae_id, "peer_sae_id": peer, "api": api, "qos": qos})
+        self.bus.publish(bus.ADMISSION_IN, m.ConfigRequest(
+            km=self.name, session_id=sid, user=user, sae_id=sae_id, peer_sae_id=peer, api=api,
+            qos=qos).to_payload())
         return sid
 
     def key_request(self, sid: str, bits: int = 256) -> None:
-        self.bus.publish(bus.ADMISSION_IN, {"type": "key_request", "km": self.name,
-                                            "session_id": sid, "bits": bits})
+        self.bus.publish(bus.ADMISSION_IN, m.KeyRequest(km=self.name, session_id=sid,
+                                                        bits=bits).to_payload())
 
     def close(self, sid: str) -> None:
-        self.bus.publish(bus.ADMISSION_IN, {"type": "close_request", "km": self.name,
-                                            "session_id": sid})
+        self.bus.publish(bus.ADMISSION_IN, m.CloseRequest(km=self.name,
+                                                          session_id=sid).to_payload())
 
     def config_for(self, sid: str) -> dict[str, Any] | None:
         with self._lock:
@@ -135,9 +137,9 @@ def register_star6(sdn_url: str, ca: TestCA, links=STAR6_LINKS) -> None:
 def telemetry(b: Bus, link: str, qber: float = 0.03, skr: float = 5000.0,
               status: str = "up", node: str | None = None) -> None:
     node = node or link.split("-")[0]
-    b.publish(bus.telemetry(node, link), {
-        "type": "telemetry", "source": "qkd", "node": node, "link": link, "qber": qber,
-        "skr_bps": skr, "stored_bits": 100000, "status": status})
+    b.publish(bus.telemetry(node, link), m.ModuleTelemetry(
+        source="qkd", node=node, link=link, qber=qber, skr_bps=skr, stored_bits=100000,
+        status=status).to_payload())
 
 
 ELEMENTS = ("access", "routing", "sdn", "admission", "monitoring")

@@ -2,19 +2,23 @@
 contract of docs/architecture.md, for Key Manager tests before the real elements exist.
 
 Access: an SAE is accepted if it is in ``users`` with the right O (user) and the user is
-active. Admission: routes over ``links`` (shortest path), sends ``session_config`` to every KM
-on the path (014 at once, 004 once both applications registered), deletes on close request.
+active. Admission: routes over ``links`` with the Routing Element's path search
+(control.topodb), sends ``session_config`` with admission's hop entries
+(control.admission.hop_entries) to every KM on the path (014 at once, 004 once both
+applications registered), deletes on close request. Payloads are qkdtwin.messages classes.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from qkdtwin import bus as topics
+from qkdtwin import messages as m
 from qkdtwin.bus import BrokerConfig, Bus
+from qkdtwin.control.admission import hop_entries
+from qkdtwin.control.topodb import TopologyDB
 
 
 class FakeControl:
@@ -35,6 +39,12 @@ class FakeControl:
         self.confirms: list[tuple[str, str]] = []
         self.paths: dict[str, list[str]] = {}
         self.configs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.firsts: dict[str, m.ConfigRequest] = {}  # session -> its first config_request
+        # routing: the production topology DB over ``links`` (all up, no metrics)
+        self._topo = TopologyDB()
+        self._topo.set_topology({
+            "nodes": [{"id": n} for n in sorted({n for lk in links for n in lk})],
+            "links": [{"id": f"{a}-{b}", "a": a, "b": b} for a, b in links]})
         # km → True: its first session_config is not published (lost, as for a KM that is
         # not yet subscribed); config_resync still answers
         self.drop_configs: dict[str, bool] = {}
@@ -53,103 +63,86 @@ class FakeControl:
         self.bus.stop()
 
     def path(self, a: str, b: str) -> list[str] | None:
-        adj: dict[str, list[str]] = {}
-        for x, y in self.links:
-            adj.setdefault(x, []).append(y)
-            adj.setdefault(y, []).append(x)
-        prev: dict[str, str | None] = {a: None}
-        q = deque([a])
-        while q:
-            n = q.popleft()
-            if n == b:
-                out = [n]
-                while prev[out[-1]] is not None:
-                    out.append(prev[out[-1]])
-                return out[::-1]
-            for m in adj.get(n, []):
-                if m not in prev:
-                    prev[m] = n
-                    q.append(m)
-        return None
+        """The production Routing Element's shortest path (every link equal: no metrics)."""
+        if a == b:
+            return [a]
+        res = self._topo.find_path(a, b, backup=False)
+        return res["path"] if res["ok"] else None
 
     def _on_access(self, topic: str, p: dict[str, Any], msg) -> None:
         self.log.append(p)
-        sae = p.get("sae_id")
-        u = self.users.get(sae)
+        req = m.decode(p, m.Authenticate)
+        u = self.users.get(req.sae_id)
         if u is None:
-            rep = {"ok": False, "reason": f"unknown SAE {sae}"}
+            rep = m.AuthResult(ok=False, reason=f"unknown SAE {req.sae_id}")
         elif not u.get("active", True):
-            rep = {"ok": False, "reason": f"user {u['user']} is disabled"}
-        elif (p.get("cert") or {}).get("o") != u["user"]:
-            rep = {"ok": False, "reason": "certificate O does not name the SAE's user"}
-        elif p.get("peer_sae_id") and p["peer_sae_id"] not in self.users:
-            rep = {"ok": False, "reason": f"unknown peer SAE {p['peer_sae_id']}"}
+            rep = m.AuthResult(ok=False, reason=f"user {u['user']} is disabled")
+        elif req.cert.get("o") != u["user"]:
+            rep = m.AuthResult(ok=False, reason="certificate O does not name the SAE's user")
+        elif req.peer_sae_id and req.peer_sae_id not in self.users:
+            rep = m.AuthResult(ok=False, reason=f"unknown peer SAE {req.peer_sae_id}")
         else:
-            rep = {"ok": True, "user": u["user"], "sae_id": sae,
-                   "sla": {"max_priority": u.get("max_priority", 9),
-                           **({"max_key_size": u["max_key_size"]} if "max_key_size" in u
-                              else {})}}
-        self.bus.reply(msg, {"type": "auth_result", **rep})
+            rep = m.AuthResult(ok=True, user=u["user"], sae_id=req.sae_id, sla={
+                "max_priority": u.get("max_priority", 9),
+                **({"max_key_size": u["max_key_size"]} if "max_key_size" in u else {})})
+        self.bus.reply(msg, rep.to_payload())
 
     def _on_admission(self, topic: str, p: dict[str, Any], msg) -> None:
         self.log.append(p)
-        kind = p.get("type")
-        sid = p.get("session_id")
-        if kind == "config_request":
-            self._config_request(p)
-        elif kind == "close_request":
-            self.delete(sid, p.get("reason", "closed"))
-        elif kind == "deletion_confirm":
+        req = m.decode_any(p, m.ADMISSION_IN)
+        if isinstance(req, m.ConfigRequest):
+            self._config_request(req)
+        elif isinstance(req, m.CloseRequest):
+            self.delete(req.session_id, req.reason)
+        elif isinstance(req, m.DeletionConfirm):
             with self._lock:
-                self.confirms.append((p["km"], sid))
-        elif kind == "config_resync":
-            self._resync(sid, p["km"])
+                self.confirms.append((req.km, req.session_id))
+        elif isinstance(req, m.ConfigResync):
+            self._resync(req.session_id, req.km)
 
-    def _config_request(self, p: dict[str, Any]) -> None:
-        sid = p["session_id"]
+    def _config_request(self, p: m.ConfigRequest) -> None:
+        sid = p.session_id
         with self._lock:
-            s = self.sessions.setdefault(sid, {"regs": [], "api": p["api"], "configured": False})
+            s = self.sessions.setdefault(sid, {"regs": [], "api": p.api, "configured": False})
             s["regs"].append(p)
             regs = list(s["regs"])
             if s["configured"]:
                 return
-            if p["api"] == "004" and len({r["sae_id"] for r in regs}) < 2:
+            if p.api == "004" and len({r.sae_id for r in regs}) < 2:
                 return
             s["configured"] = True
         first = regs[0]
-        peer = self.users.get(first["peer_sae_id"])
+        peer = self.users.get(str(first.peer_sae_id))
         if peer is None:
-            self._reject(first["km"], sid, f"rejected: unknown peer SAE {first['peer_sae_id']}")
+            self._reject(first.km, sid, f"rejected: unknown peer SAE {first.peer_sae_id}")
             return
-        src_km, dst_km = first["km"], peer["km"]
+        src_km, dst_km = first.km, peer["km"]
         path = self.path(src_km, dst_km)
         if path is None:
             self._reject(src_km, sid, "rejected: no path")
             return
         self.paths[sid] = path
-        qos = first.get("qos") or {}
+        qos = first.qos or {}
         prio = min(int(qos.get("priority", 5)),
-                   self.users[first["sae_id"]].get("max_priority", 9))
-        for i, km in enumerate(path):
-            role = "source" if i == 0 else "destination" if i == len(path) - 1 else "transit"
-            if len(path) == 1:
-                role = "source"
-            local = first["sae_id"] if i == 0 else first["peer_sae_id"] if i == len(path) - 1 \
-                else None
-            cfg = {
-                "type": "session_config", "session_id": sid, "role": role,
-                "prev_hop": path[i - 1] if i > 0 else None,
-                "next_hop": path[i + 1] if i < len(path) - 1 else None,
-                "priority": prio, "bucket": dict(self.bucket), "timeout_s": self.timeout_s,
-                "local_sae_id": local,
-                "peer_sae_id": first["peer_sae_id"] if i == 0 else first["sae_id"],
-                "peer_km": path[-1] if i == 0 else path[0] if role == "destination" else None,
-                "user": first["user"], "api": first["api"], "update": False}
+                   self.users[str(first.sae_id)].get("max_priority", 9))
+        self.firsts[sid] = first
+        for km, cfg in self._configs(sid, path, prio, update=set()).items():
             with self._lock:
                 self.configs[(sid, km)] = cfg
             if self.drop_configs.get(km):
                 continue  # a test's lost message: the KM never sees it
             self.bus.publish(topics.km_config(km), cfg)
+
+    def _configs(self, sid: str, path: list[str], priority: int, update: set[str]
+                 ) -> dict[str, dict[str, Any]]:
+        """The session_config of every KM on ``path``, with admission's hop entries."""
+        first = self.firsts[sid]
+        ends = {"source": {"sae_id": first.sae_id}, "destination": {"sae_id": first.peer_sae_id}}
+        return {km: m.SessionConfig(
+            session_id=sid, **entry, priority=priority, bucket=dict(self.bucket),
+            timeout_s=self.timeout_s, user=first.user, api=first.api,
+            update=km in update).to_payload()
+            for km, entry in hop_entries(path, ends).items()}
 
     def _resync(self, sid: str, km: str) -> None:
         """Send a KM's config of a live session again (admission's config_resync)."""
@@ -158,33 +151,28 @@ class FakeControl:
         if cfg is not None:
             self.bus.publish(topics.km_config(km), cfg)
 
+    def _delete(self, km: str, sid: str, reason: str) -> None:
+        self.bus.publish(topics.km_delete(km),
+                         m.SessionDelete(session_id=sid, reason=reason).to_payload())
+
     def _reject(self, km: str, sid: str, reason: str) -> None:
         with self._lock:
             self.sessions.pop(sid, None)
-        self.bus.publish(topics.km_delete(km), {"type": "session_delete", "session_id": sid,
-                                                "reason": reason})
+        self._delete(km, sid, reason)
 
     def delete(self, sid: str, reason: str) -> None:
         with self._lock:
             self.sessions.pop(sid, None)
         for km in self.paths.pop(sid, []):
-            self.bus.publish(topics.km_delete(km), {"type": "session_delete", "session_id": sid,
-                                                    "reason": reason})
+            self._delete(km, sid, reason)
 
     def reroute(self, sid: str, new_path: list[str]) -> None:
-        """Move a live session onto another path (update: true on the endpoints)."""
+        """Move a live session onto another path (update: true on the KMs that stay)."""
         old = self.paths.get(sid, [])
         for km in set(old) - set(new_path):
-            self.bus.publish(topics.km_delete(km), {"type": "session_delete", "session_id": sid,
-                                                    "reason": "rerouted"})
-        for i, km in enumerate(new_path):
-            role = "source" if i == 0 else "destination" if i == len(new_path) - 1 else "transit"
-            self.bus.publish(topics.km_config(km), {
-                "type": "session_config", "session_id": sid, "role": role,
-                "prev_hop": new_path[i - 1] if i > 0 else None,
-                "next_hop": new_path[i + 1] if i < len(new_path) - 1 else None,
-                "priority": 5, "bucket": dict(self.bucket), "timeout_s": self.timeout_s,
-                "update": km in old})
+            self._delete(km, sid, "rerouted")
+        for km, cfg in self._configs(sid, new_path, 5, update=set(old)).items():
+            self.bus.publish(topics.km_config(km), cfg)
         self.paths[sid] = new_path
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:

@@ -114,10 +114,10 @@ def test_every_class_has_a_type_and_a_topic_and_round_trips_its_required_fields(
     seen = set()
     for cls in m.ALL:
         assert cls.TYPE and cls.TOPIC, cls
-        seen.add((cls.TYPE, cls.TOPIC))
+        seen.add((cls.TYPE, cls.TOPIC, cls.LABEL))
         with pytest.raises(BadMessage):
             decode({"type": cls.TYPE, "v": 99}, cls)
-    assert len(seen) == len(m.ALL)
+    assert len(seen) == len(m.ALL)  # a type on one topic has variants only with a label
 
 
 def test_event_keeps_its_free_fields():
@@ -126,3 +126,17 @@ def test_event_keeps_its_free_fields():
     body = e.to_payload()
     assert "session_id" not in body and body["km"] == "km0"
     assert decode(body, m.Event).extra == {"km": "km0", "update": False}
+
+
+def test_telemetry_is_read_as_the_class_of_its_source():
+    km = m.decode_telemetry({"type": "telemetry", "source": "km", "node": "km0",
+                             "link": "km0-km1", "pool_bits": 8})
+    assert isinstance(km, m.KmTelemetry) and km.pool_bits == 8
+    assert "qber" not in km.to_payload()  # a KM sample carries no module fields
+    mod = m.decode_telemetry({"type": "telemetry", "source": "qkd", "node": "km0",
+                              "link": "km0-km1", "qber": None, "blocks_ok": 3})
+    assert isinstance(mod, m.ModuleTelemetry) and mod.extra == {"blocks_ok": 3}
+    assert mod.to_payload()["qber"] is None  # a module sends its QBER as null before a block
+    with pytest.raises(BadMessage, match="field 'qber' must be a number or null"):
+        m.decode_telemetry({"type": "telemetry", "source": "qkd", "node": "km0",
+                            "link": "km0-km1", "qber": "high"})

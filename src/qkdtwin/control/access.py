@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from qkdtwin import bus
+from qkdtwin import messages as m
 from qkdtwin.bus import Message
 from qkdtwin.control.common import Element
 from qkdtwin.control.userdb import InvalidRecord, UserDB
@@ -84,75 +85,77 @@ class AccessControl(Element):
 
     def on_request(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
         self._dispatch(payload, msg, {
-            "authenticate": self.authenticate, "lookup_sae": self.lookup_sae,
-            "profile": self.profile,
+            m.Authenticate: self.authenticate, m.LookupSae: self.lookup_sae,
+            m.ProfileRequest: self.profile,
         })
 
     def on_admin_request(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
         self._dispatch(payload, msg, {
-            "user_list": self.user_list, "user_add": self.user_add,
-            "user_disable": self.user_disable, "user_enable": self.user_enable,
+            m.UserList: self.user_list, m.UserAdd: self.user_add,
+            m.UserDisable: self.user_disable, m.UserEnable: self.user_enable,
         })
 
     def _dispatch(self, payload: dict[str, Any], msg: Message, handlers: dict) -> None:
         kind = payload.get("type")
         self.count(str(kind))
-        handler = handlers.get(kind)
-        if handler is None:
-            self.bus.reply(msg, {"type": "error", "ok": False,
-                                 "reason": f"unknown request type {kind!r}"})
-            return
         try:
-            answer = handler(payload)
+            req = m.decode_any(payload, handlers)
+        except m.BadMessage as exc:
+            # the asker gets the reason instead of a timeout; the bus logs the payload
+            known = any(cls.TYPE == kind for cls in handlers)
+            self.bus.reply(msg, m.ErrorReply(
+                reason=str(exc) if known else f"unknown request type {kind!r}").to_payload())
+            raise
+        try:
+            answer = handlers[type(req)](req)
         except InvalidRecord as exc:
-            answer = {"ok": False, "reason": str(exc)}
-        self.bus.reply(msg, answer)
+            answer = m.ErrorReply(reason=str(exc))
+        self.bus.reply(msg, answer.to_payload())
 
-    def authenticate(self, req: dict[str, Any]) -> dict[str, Any]:
-        res = check_authentication(self.db, req)
-        if res["ok"]:
-            self.event("auth_accepted", req.get("session_id"), km=req.get("km"),
-                       sae_id=res["sae_id"], user=res["user"])
+    def authenticate(self, req: m.Authenticate) -> m.AuthResult:
+        res = m.build(m.AuthResult, check_authentication(self.db, req.to_payload()))
+        if res.ok:
+            self.event("auth_accepted", req.session_id, km=req.km, sae_id=res.sae_id,
+                       user=res.user)
         else:
-            self.event("auth_refused", req.get("session_id"), km=req.get("km"),
-                       sae_id=res.get("sae_id"), user=res.get("user"), reason=res["reason"])
+            self.event("auth_refused", req.session_id, km=req.km, sae_id=res.sae_id,
+                       user=res.user, reason=res.reason)
         return res
 
-    def lookup_sae(self, req: dict[str, Any]) -> dict[str, Any]:
-        app = self.db.application(str(req.get("sae_id")))
+    def lookup_sae(self, req: m.LookupSae) -> m.SaeReply:
+        app = self.db.application(req.sae_id)
         if not app:
-            return {"type": "sae", "ok": False, "reason": "unknown application"}
-        return {"type": "sae", "ok": True, "sae_id": app["sae_id"], "user": app["user"],
-                "km": app["km"], "status": app["status"]}
+            return m.SaeReply(ok=False, reason="unknown application")
+        return m.SaeReply(ok=True, sae_id=app["sae_id"], user=app["user"], km=app["km"],
+                          status=app["status"])
 
-    def profile(self, req: dict[str, Any]) -> dict[str, Any]:
-        u = self.db.get(str(req.get("user")))
+    def profile(self, req: m.ProfileRequest) -> m.ProfileReply:
+        u = self.db.get(req.user)
         if not u:
-            return {"type": "profile", "ok": False, "reason": "unknown user"}
-        return {"type": "profile", "ok": True, "user": u["name"], "status": u["status"],
-                "sla": u["sla"], "applications": u["applications"]}
+            return m.ProfileReply(ok=False, reason="unknown user")
+        return m.ProfileReply(ok=True, user=u["name"], status=u["status"], sla=u["sla"],
+                              applications=u["applications"])
 
-    def user_list(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "users", "ok": True, "users": self.db.list()}
+    def user_list(self, req: m.UserList) -> m.UsersReply:
+        return m.UsersReply(ok=True, users=self.db.list())
 
-    def user_add(self, req: dict[str, Any]) -> dict[str, Any]:
-        u = self.db.upsert(req.get("user"))
+    def user_add(self, req: m.UserAdd) -> m.UserReply:
+        u = self.db.upsert(req.user)
         self.event("user_added", user=u["name"], status=u["status"],
                    applications=[a["sae_id"] for a in u["applications"]])
-        return {"type": "user", "ok": True, "user": self.db.get(u["name"])}
+        return m.UserReply(ok=True, user=self.db.get(u["name"]))
 
-    def _set_status(self, req: dict[str, Any], status: str) -> dict[str, Any]:
-        name = str(req.get("name"))
+    def _set_status(self, name: str, status: str) -> m.UserReply:
         if not self.db.set_status(name, status):
-            return {"type": "user", "ok": False, "reason": f"unknown user {name}"}
+            return m.UserReply(ok=False, reason=f"unknown user {name}")
         self.event("user_" + ("disabled" if status == "disabled" else "enabled"), user=name)
-        return {"type": "user", "ok": True, "user": self.db.get(name)}
+        return m.UserReply(ok=True, user=self.db.get(name))
 
-    def user_disable(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self._set_status(req, "disabled")
+    def user_disable(self, req: m.UserDisable) -> m.UserReply:
+        return self._set_status(req.name, "disabled")
 
-    def user_enable(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self._set_status(req, "active")
+    def user_enable(self, req: m.UserEnable) -> m.UserReply:
+        return self._set_status(req.name, "active")
 
 
 def main(config: dict[str, Any]) -> None:

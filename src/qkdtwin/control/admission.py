@@ -33,6 +33,7 @@ import requests
 from prometheus_client import Counter, Gauge
 
 from qkdtwin import bus
+from qkdtwin import messages as m
 from qkdtwin.bus import Message, RequestTimeout
 from qkdtwin.control.common import Element
 from qkdtwin.control.sla import bucket_for, check_qos
@@ -142,81 +143,86 @@ class AdmissionControl(Element):
     # -- messages from KMs --
 
     def on_message(self, topic: str, p: dict[str, Any], msg: Message) -> None:
-        kind = p.get("type")
-        self.count(str(kind))
-        sid, km = p.get("session_id"), p.get("km")
-        if not isinstance(sid, str) or not sid or not isinstance(km, str) or not km:
-            log.warning("dropping %s without session_id/km", kind)
-            self.event("message_dropped", None, reason="missing session_id or km",
-                       msg_type=kind)
-            return
-        if kind == "config_request":
-            self.config_request(p)
-        elif kind == "key_request":
+        self.count(str(p.get("type")))
+        req = m.decode_any(p, m.ADMISSION_IN)  # a refused payload: logged by the bus
+        sid, km = req.session_id, req.km  # type: ignore[attr-defined]
+        if not sid or not km:
+            raise m.BadMessage(f"{req.TYPE}: empty session_id or km", req.TYPE)
+        if isinstance(req, m.ConfigRequest):
+            self.config_request(req)
+        elif isinstance(req, m.KeyRequest):
             self.key_request(sid, km)
-        elif kind == "close_request":
+        elif isinstance(req, m.CloseRequest):
             self.close(sid, km, "close_request")
-        elif kind == "deletion_confirm":
+        elif isinstance(req, m.DeletionConfirm):
             self.deletion_confirm(sid, km)
-        elif kind == "config_resync":
+        elif isinstance(req, m.ConfigResync):
             self.config_resync(sid, km)
-        else:
-            self.event("message_dropped", sid, reason=f"unknown type {kind!r}", km=km)
+
+    def delete(self, km: str, sid: str, reason: str, counter: dict | None = None) -> None:
+        """Send one KM the ``session_delete`` of a session."""
+        self.bus.publish(bus.km_delete(km), m.SessionDelete(
+            session_id=sid, reason=reason, counter_qos=counter or None).to_payload())
 
     def reject(self, sid: str, km: str, reason: str, counter: dict | None = None) -> None:
-        body: dict[str, Any] = {"type": "session_delete", "session_id": sid, "reason": reason}
-        if counter:
-            body["counter_qos"] = counter
-        self.bus.publish(bus.km_delete(km), body)
+        self.delete(km, sid, reason, counter)
         self.m_outcomes.labels("rejected").inc()
         self.event("session_rejected", sid, km=km, reason=reason, counter_qos=counter)
 
-    def _ask(self, topic: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    def _ask(self, topic: str, body: m.Message, reply: type[m.M]) -> m.M | m.ErrorReply | None:
+        """The reply to a request: ``reply``, an ErrorReply (refused or malformed answer),
+        or None when nobody answered in time."""
         try:
-            return self.bus.request(topic, body, timeout=self.req_timeout)
+            raw = self.bus.request(topic, body.to_payload(), timeout=self.req_timeout)
         except RequestTimeout:
             return None
+        try:
+            return m.decode_any(raw, (reply, m.ErrorReply))  # type: ignore[return-value]
+        except m.BadMessage as exc:
+            log.warning("malformed reply on %s: %s", topic, exc.reason,
+                        extra={"topic": topic, "reason": exc.reason})
+            return m.ErrorReply(reason=f"malformed reply: {exc.reason}")
 
     def _live_sessions_of(self, user: str, sid: str) -> int:
         """Live sessions of ``user`` besides ``sid`` (a peer joins, it is not a new one)."""
         return sum(1 for s in self.sessions.values()
                    if s["state"] in LIVE and s["user"] == user and s["session_id"] != sid)
 
-    def _sla_check(self, p: dict[str, Any], sid: str, km: str) -> tuple[dict | None, str | None]:
+    def _sla_check(self, p: m.ConfigRequest, sid: str, km: str
+                   ) -> tuple[dict | None, str | None]:
         """(effective qos, None) or (None, reason already sent to the KM)."""
-        user, sae, peer = p.get("user"), p.get("sae_id"), p.get("peer_sae_id")
-        if not all(isinstance(x, str) and x for x in (user, sae, peer)):
+        user, sae, peer = p.user, p.sae_id, p.peer_sae_id
+        if not (user and sae and peer):
             self.reject(sid, km, "rejected: config_request needs user, sae_id, peer_sae_id")
             return None, "bad"
-        prof = self._ask(bus.ACCESS_IN, {"type": "profile", "user": user})
+        prof = self._ask(bus.ACCESS_IN, m.ProfileRequest(user=user), m.ProfileReply)
         if prof is None:
             self.reject(sid, km, "rejected: access control did not answer")
             return None, "access"
-        if not prof.get("ok") or prof.get("status") != "active":
+        if not isinstance(prof, m.ProfileReply) or not prof.ok or prof.status != "active":
             self.reject(sid, km, f"rejected: user {user} unknown or disabled")
             return None, "user"
-        if sae not in {a["sae_id"] for a in prof.get("applications", [])}:
+        if sae not in {a.get("sae_id") for a in prof.applications or []}:
             self.reject(sid, km, f"rejected: {sae} is not an application of {user}")
             return None, "sae"
         with self.lock:
             live = self._live_sessions_of(user, sid)
-        d = check_qos(p.get("qos"), prof["sla"], peer, live)
+        d = check_qos(p.qos, prof.sla or {}, peer, live)
         if not d.ok:
             self.reject(sid, km, d.reason or "rejected", d.counter_qos)
             return None, "sla"
         return d.qos, None
 
-    def config_request(self, p: dict[str, Any]) -> None:
-        sid, km = p["session_id"], p["km"]
-        api = str(p.get("api", "004"))
-        self.event("config_request_received", sid, km=km, sae_id=p.get("sae_id"),
-                   peer_sae_id=p.get("peer_sae_id"), user=p.get("user"), api=api)
+    def config_request(self, p: m.ConfigRequest) -> None:
+        sid, km, api = p.session_id, p.km, p.api
+        self.event("config_request_received", sid, km=km, sae_id=p.sae_id,
+                   peer_sae_id=p.peer_sae_id, user=p.user, api=api)
         with self.lock:
             s = self.sessions.get(sid)
             if s is not None:
                 for end in ("source", "destination"):
                     e = s.get(end)
-                    if e and e["km"] == km and e["sae_id"] == p.get("sae_id"):
+                    if e and e["km"] == km and e["sae_id"] == p.sae_id:
                         # a repeat (KM restarted or 014 slave side): resend what it needs
                         if s["state"] == "active" and km in s.get("entries", {}):
                             self._send_config(s, km, update=False)
@@ -233,23 +239,24 @@ class AdmissionControl(Element):
         else:
             self._peer_registered(sid, p, qos)
 
-    def _new_session(self, p: dict[str, Any], api: str, qos: dict[str, Any]) -> None:
-        sid, km = p["session_id"], p["km"]
+    def _new_session(self, p: m.ConfigRequest, api: str, qos: dict[str, Any]) -> None:
+        sid, km = p.session_id, p.km
         now = time.time()
         # Not the QoS timeout: in ETSI 004 that bounds how long OPEN_CONNECT blocks, after
         # which the application holds a status-1 session that its peer may still join.
         wait = self.peer_wait_s
-        s = {"session_id": sid, "state": "accepted", "api": api, "user": p["user"],
+        s = {"session_id": sid, "state": "accepted", "api": api, "user": p.user,
              "qos": qos, "created": now, "deadline": now + wait,
-             "source": {"km": km, "sae_id": p["sae_id"]}, "destination": None,
-             "peer_sae_id": p["peer_sae_id"], "path": [], "links": [], "entries": {}}
+             "source": {"km": km, "sae_id": p.sae_id}, "destination": None,
+             "peer_sae_id": p.peer_sae_id, "path": [], "links": [], "entries": {}}
         if api == "014":
-            look = self._ask(bus.ACCESS_IN, {"type": "lookup_sae", "sae_id": p["peer_sae_id"]})
-            if look is None or not look.get("ok") or look.get("status") != "active":
-                self.reject(sid, km, f"rejected: peer application {p['peer_sae_id']} unknown "
+            look = self._ask(bus.ACCESS_IN, m.LookupSae(sae_id=str(p.peer_sae_id)), m.SaeReply)
+            if not isinstance(look, m.SaeReply) or not look.ok or look.status != "active" \
+                    or not look.km:
+                self.reject(sid, km, f"rejected: peer application {p.peer_sae_id} unknown "
                                      "or disabled")
                 return
-            s["destination"] = {"km": look["km"], "sae_id": p["peer_sae_id"]}
+            s["destination"] = {"km": look.km, "sae_id": p.peer_sae_id}
         with self.lock:
             if sid in self.sessions:  # lost a race with the peer's request: treat as peer
                 pass
@@ -267,21 +274,21 @@ class AdmissionControl(Element):
             return
         self.route(sid)
 
-    def _peer_registered(self, sid: str, p: dict[str, Any], qos: dict[str, Any]) -> None:
-        km = p["km"]
+    def _peer_registered(self, sid: str, p: m.ConfigRequest, qos: dict[str, Any]) -> None:
+        km = p.km
         with self.lock:
             s = self.sessions.get(sid)
             if s is None or s["state"] != "accepted" or s.get("destination"):
                 self.reject(sid, km, "rejected: key_stream_id already in use")
                 return
-            if p["sae_id"] != s["peer_sae_id"] or p["peer_sae_id"] != s["source"]["sae_id"]:
+            if p.sae_id != s["peer_sae_id"] or p.peer_sae_id != s["source"]["sae_id"]:
                 self.reject(sid, km, "rejected: the applications of this key_stream_id do not "
                                      "match")
                 return
-            s["destination"] = {"km": km, "sae_id": p["sae_id"]}
+            s["destination"] = {"km": km, "sae_id": p.sae_id}
             s["state"] = "routing"
             self._save(s)
-            self.event("peer_registered", sid, km=km, sae_id=p["sae_id"])
+            self.event("peer_registered", sid, km=km, sae_id=p.sae_id)
         self.route(sid)
 
     # -- routing and configuration --
@@ -292,28 +299,26 @@ class AdmissionControl(Element):
             return
         src, dst = s["source"]["km"], s["destination"]["km"]
         rate = float(s["qos"].get("min_bps") or 0)
-        res = self._ask(bus.ROUTING_IN, {"type": "path_request", "session_id": sid, "src": src,
-                                         "dst": dst, "rate_bps": rate, "exclude_links": [],
-                                         "reserve": True})
+        res = self._path(sid, src, dst, rate, [])
         with self.lock:
             if self.sessions.get(sid) is not s or s["state"] != "routing":
-                if res and res.get("ok"):  # closed while we asked: give the booking back
-                    self.bus.publish(bus.ROUTING_IN, {"type": "release", "session_id": sid})
+                if res is not None and res.ok:  # closed while we asked: give the booking back
+                    self._release(sid)
                 return
-            if res is None or not res.get("ok"):
-                reason = "rejected: " + ((res or {}).get("reason") or "routing did not answer")
+            if res is None or not res.ok:
+                reason = "rejected: " + ((res and res.reason) or "routing did not answer")
                 for end in ("source", "destination"):
                     self.reject(sid, s[end]["km"], reason)
                 s["state"] = "terminated"
                 s["end_reason"] = reason
                 self._save(s)
                 return
-            s["path"], s["links"] = res["path"], res["links"]
+            s["path"], s["links"] = res.path, res.links
             s["entries"] = hop_entries(s["path"], s)
             s["bucket"] = bucket_for(s["qos"])
             s["timeout_s"] = self.inactivity_s
             self.event("path_assigned", sid, path=s["path"], links=s["links"], rate_bps=rate,
-                       backup=(res.get("backup") or {}).get("path"))
+                       backup=(res.backup or {}).get("path"))
             for km in s["path"]:
                 self._send_config(s, km, update=False)
             s["state"] = "active"
@@ -324,13 +329,28 @@ class AdmissionControl(Element):
             self.event("session_active", sid, path=s["path"], timeout_s=self.inactivity_s)
         self._virt_link(s)
 
+    def _path(self, sid: str, src: str, dst: str, rate: float, exclude: list[str]
+              ) -> m.PathReply | None:
+        """A reserved path from the Routing Element (None: no answer, or a malformed one)."""
+        res = self._ask(bus.ROUTING_IN, m.PathRequest(
+            session_id=sid, src=src, dst=dst, rate_bps=rate, exclude_links=exclude,
+            reserve=True), m.PathReply)
+        if isinstance(res, m.ErrorReply):
+            return m.PathReply(ok=False, session_id=sid, reason=res.reason)
+        if res is not None and res.ok and not (res.path and res.links is not None):
+            return m.PathReply(ok=False, session_id=sid, reason="path reply without a path")
+        return res
+
+    def _release(self, sid: str) -> None:
+        self.bus.publish(bus.ROUTING_IN, m.Release(session_id=sid).to_payload())
+
     def _send_config(self, s: dict[str, Any], km: str, update: bool) -> None:
         e = s["entries"][km]
-        body = {"type": "session_config", "session_id": s["session_id"], **e,
-                "priority": int(s["qos"].get("priority", 0)), "bucket": s["bucket"],
-                "timeout_s": s["timeout_s"], "user": s["user"], "update": update,
-                "api": s["api"], "qos": s["qos"]}
-        self.bus.publish(bus.km_config(km), body)
+        body = m.SessionConfig(
+            session_id=s["session_id"], **e, priority=int(s["qos"].get("priority", 0)),
+            bucket=s["bucket"], timeout_s=s["timeout_s"], user=s["user"], update=update,
+            api=s["api"], qos=s["qos"])
+        self.bus.publish(bus.km_config(km), body.to_payload())
         self.event("config_sent", s["session_id"], km=km, role=e["role"],
                    prev_hop=e["prev_hop"], next_hop=e["next_hop"], update=update)
 
@@ -412,8 +432,7 @@ class AdmissionControl(Element):
                 targets = [t for t in targets if t != km]
             for t in targets:
                 r = reason if (t == km or why == "timeout") else "peer closed"
-                self.bus.publish(bus.km_delete(t), {"type": "session_delete", "session_id": sid,
-                                                    "reason": r})
+                self.delete(t, sid, r)
                 self.event("deletion_sent", sid, km=t, reason=r)
             had_path = s["state"] == "active"
             s["state"] = "terminating"
@@ -424,7 +443,7 @@ class AdmissionControl(Element):
             if not s["pending_confirms"]:
                 self._finish(s)
         if had_path:
-            self.bus.publish(bus.ROUTING_IN, {"type": "release", "session_id": sid})
+            self._release(sid)
             self._virt_link(s, delete=True)
 
     def deletion_confirm(self, sid: str, km: str) -> None:
@@ -481,9 +500,9 @@ class AdmissionControl(Element):
     # -- alarms and re-routing --
 
     def on_alarm(self, topic: str, p: dict[str, Any], msg: Message) -> None:
-        link = p.get("link") or topic.rsplit("/", 1)[-1]
-        kind = p.get("kind")
         self.count("alarm")
+        alarm = m.decode(p, m.LinkAlarm)
+        link, kind = alarm.link, alarm.kind
         if kind not in (*BLOCKING, "qber_suspicious"):
             return
         with self.lock:
@@ -498,22 +517,20 @@ class AdmissionControl(Element):
         s = self.sessions.get(sid)
         if s is None:
             return
-        res = self._ask(bus.ROUTING_IN, {
-            "type": "path_request", "session_id": sid, "src": s["source"]["km"],
-            "dst": s["destination"]["km"], "rate_bps": float(s["qos"].get("min_bps") or 0),
-            "exclude_links": [link], "reserve": True})
+        res = self._path(sid, s["source"]["km"], s["destination"]["km"],
+                         float(s["qos"].get("min_bps") or 0), [link])
         with self.lock:
             if self.sessions.get(sid) is not s or s["state"] != "active" \
                     or link not in s["links"]:
                 return
-            if res is None or not res.get("ok"):
-                why = (res or {}).get("reason") or "routing did not answer"
+            if res is None or not res.ok:
+                why = (res and res.reason) or "routing did not answer"
                 self.event("reroute_failed", sid, link=link, alarm=kind, reason=why)
                 if kind in BLOCKING:
                     self._end_for_alarm(s, link)
                 return
             old_path, old_entries = s["path"], s["entries"]
-            s["path"], s["links"] = res["path"], res["links"]
+            s["path"], s["links"] = res.path, res.links
             s["entries"] = hop_entries(s["path"], s)
             # new KMs first (ready to relay), then changed entries, then KMs leaving
             for km in s["path"]:
@@ -524,8 +541,7 @@ class AdmissionControl(Element):
                     self._send_config(s, km, update=True)
             gone = [km for km in old_path if km not in s["entries"]]
             for km in gone:
-                self.bus.publish(bus.km_delete(km), {"type": "session_delete",
-                                                     "session_id": sid, "reason": "rerouted"})
+                self.delete(km, sid, "rerouted")
                 self.event("deletion_sent", sid, km=km, reason="rerouted")
             s["rerouted_from"] = s.get("rerouted_from", []) + gone
             self._save(s)
@@ -537,15 +553,14 @@ class AdmissionControl(Element):
         sid = s["session_id"]
         reason = f"link alarm: no path avoiding {link}"
         for t in s["path"]:
-            self.bus.publish(bus.km_delete(t), {"type": "session_delete", "session_id": sid,
-                                                "reason": reason})
+            self.delete(t, sid, reason)
             self.event("deletion_sent", sid, km=t, reason=reason)
         s["state"] = "terminating"
         s["end_reason"] = reason
         s["pending_confirms"] = list(s["path"])
         s["deadline"] = time.time() + self.confirm_timeout_s
         self._save(s)
-        self.bus.publish(bus.ROUTING_IN, {"type": "release", "session_id": sid})
+        self._release(sid)
         threading.Thread(target=self._virt_link, args=(s, True), daemon=True).start()
 
 

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from qkdtwin.bus import BrokerConfig, Bus
 from qkdtwin.errors import UserError
+from qkdtwin.messages import BadMessage
 from qkdtwin.service import HealthServer
 
 log = logging.getLogger("qkdtwin.control")
@@ -83,6 +84,8 @@ class Element:
                 raise UserError(f"cannot listen for /healthz: {exc}") from None
         self.started = time.time()
         self._stop = threading.Event()
+        self._dropped_at: dict[str, float] = {}
+        self.bus.on_malformed(self.malformed)
 
     @property
     def health_port(self) -> int:
@@ -95,6 +98,17 @@ class Element:
 
     def count(self, mtype: str) -> None:
         self.m_messages.labels(self.name, mtype).inc()
+
+    def malformed(self, topic: str, exc: BadMessage) -> None:
+        """A payload refused on ``topic`` (already logged by the bus): counted, and one
+        ``message_dropped`` event per topic and second, so garbage cannot flood the events."""
+        self.count("malformed")
+        now = time.monotonic()
+        if now - self._dropped_at.get(topic, -1.0) < 1.0:
+            return
+        self._dropped_at[topic] = now
+        self.event("message_dropped", None, topic=topic, reason=exc.reason,
+                   msg_type=exc.msg_type)
 
     def event(self, kind: str, session_id: str | None = None, **fields: Any) -> None:
         log.info(kind, extra={"session_id": session_id, **fields})

@@ -40,6 +40,7 @@ from typing import Any
 from prometheus_client import Gauge
 
 from qkdtwin import bus
+from qkdtwin import messages as m
 from qkdtwin.bus import Message
 from qkdtwin.control.common import Element
 from qkdtwin.service import run_service
@@ -124,48 +125,51 @@ class Monitoring(Element):
 
     def republish_alarms(self) -> None:
         for link, body in list(self.alarms.items()):
-            self.bus.publish(bus.alarm(link), dict(body), retain=True)
+            try:  # a row written by an older version may lack fields: send it as it is
+                body = m.build(m.LinkAlarm, body).to_payload()
+            except m.BadMessage:
+                body = dict(body)
+            self.bus.publish(bus.alarm(link), body, retain=True)
 
     # -- inputs --
 
     def on_topology(self, topic: str, p: dict[str, Any], msg: Message) -> None:
+        topo = m.decode(p, m.Topology)
         with self.lock:
-            self.topo_links = {lk["id"] for lk in p.get("links", [])
+            self.topo_links = {lk["id"] for lk in topo.links
                                if isinstance(lk, dict) and lk.get("type", "PHYS") == "PHYS"}
-            self.kms = {n["id"]: n.get("mgmt_ipv4") for n in p.get("nodes", [])
+            self.kms = {n["id"]: n.get("mgmt_ipv4") for n in topo.nodes
                         if isinstance(n, dict) and "id" in n}
 
     def on_telemetry(self, topic: str, p: dict[str, Any], msg: Message) -> None:
-        parts = topic.split("/")
-        node, link = p.get("node") or parts[-2], p.get("link") or parts[-1]
-        if not isinstance(link, str):
-            return
+        t = m.decode_telemetry(p)
+        link = t.link
         self.count("telemetry")
         now = time.time()
         with self.lock:
             st = self.links.setdefault(link, LinkState())
-            if p.get("source", "qkd") == "km":
-                if isinstance(p.get("pool_bits"), int | float):
-                    st.pool[str(node)] = float(p["pool_bits"])
-                if isinstance(p.get("sessions"), int):
-                    st.sessions = p["sessions"]
-                if isinstance(p.get("rtt_ms"), int | float):
-                    st.rtt_ms = float(p["rtt_ms"])
+            if isinstance(t, m.KmTelemetry):
+                if t.pool_bits is not None:
+                    st.pool[t.node] = t.pool_bits
+                if t.sessions is not None:
+                    st.sessions = t.sessions
+                if t.rtt_ms is not None:
+                    st.rtt_ms = t.rtt_ms
                 return
             st.last_seen = now
-            if isinstance(p.get("qber"), int | float):
-                st.qber = float(p["qber"])
+            if t.qber is not None:
+                st.qber = t.qber
                 self.g_qber.labels(link).set(st.qber)
-            if isinstance(p.get("skr_bps"), int | float):
-                st.skr = float(p["skr_bps"])
+            if t.skr_bps is not None:
+                st.skr = t.skr_bps
                 self.g_skr.labels(link).set(st.skr)
                 if st.skr > 0:
                     st.ever_positive, st.zero_since = True, None
                 elif st.zero_since is None:
                     st.zero_since = now
-            if isinstance(p.get("stored_bits"), int | float):
-                st.stored = float(p["stored_bits"])
-            st.status = p.get("status") if isinstance(p.get("status"), str) else None
+            if t.stored_bits is not None:
+                st.stored = t.stored_bits
+            st.status = t.status
             st.ever_up = st.ever_up or st.status == "up"
         # QBER alarms right away: every second of delay is key from a tapped link
         self.evaluate(link, now, immediate=True)
@@ -205,9 +209,9 @@ class Monitoring(Element):
                 if st.healthy_checks < self.clear_after:
                     return
             st.healthy_checks = 0
-            body = {"type": "alarm", "link": link, "kind": kind, "qber": st.qber,
-                    "threshold": self.threshold, "suspicion": self.suspicion_level(link),
-                    "reason": why, "skr_bps": st.skr}
+            body = m.LinkAlarm(link=link, kind=kind, qber=st.qber, threshold=self.threshold,
+                               suspicion=self.suspicion_level(link), reason=why,
+                               skr_bps=st.skr).to_payload()
             if kind == "clear":
                 self.alarms.pop(link, None)
                 self._db.execute("DELETE FROM alarms WHERE link=?", (link,))
@@ -234,10 +238,10 @@ class Monitoring(Element):
             st = self.links[link]
             stored = min(st.pool.values()) if st.pool else st.stored
             alarm = self.alarms.get(link, {}).get("kind")
-            body = {"type": "link_metrics", "link": link, "skr_bps": st.skr, "qber": st.qber,
-                    "stored_bits": stored, "rtt_ms": st.rtt_ms, "sessions": st.sessions,
-                    "status": "down" if alarm == "link_down" else "up"}
-        self.bus.publish(bus.ROUTING_IN, body)
+            body = m.LinkMetrics(link=link, skr_bps=st.skr, qber=st.qber, stored_bits=stored,
+                                 rtt_ms=st.rtt_ms, sessions=st.sessions,
+                                 status="down" if alarm == "link_down" else "up")
+        self.bus.publish(bus.ROUTING_IN, body.to_payload())
 
     def _rtt_loop(self) -> None:
         while not self._stop.wait(self.rtt_interval_s):

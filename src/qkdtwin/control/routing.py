@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 from qkdtwin import bus
+from qkdtwin import messages as m
 from qkdtwin.bus import Message
 from qkdtwin.control.common import Element
 from qkdtwin.control.topodb import TopologyDB
@@ -53,13 +54,13 @@ class RoutingElement(Element):
 
     def on_topology(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
         self.count("topology")
-        self.topo.set_topology(payload)
+        self.topo.set_topology(m.decode(payload, m.Topology).to_payload())
         self.event("topology_updated", nodes=len(self.topo.nodes), links=len(self.topo.links))
 
     def on_alarm(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
-        link = payload.get("link") or topic.rsplit("/", 1)[-1]
-        kind = str(payload.get("kind"))
         self.count("alarm")
+        alarm = m.decode(payload, m.LinkAlarm)
+        link, kind = alarm.link, alarm.kind
         if self.topo.alarms.get(link) == kind or (kind == "clear" and link not in self.topo.alarms):
             return  # retained repeat
         self.topo.set_alarm(link, kind)
@@ -68,48 +69,45 @@ class RoutingElement(Element):
     def on_request(self, topic: str, payload: dict[str, Any], msg: Message) -> None:
         kind = payload.get("type")
         self.count(str(kind))
-        if kind == "path_request":
-            self.bus.reply(msg, self.path_request(payload))
-        elif kind == "release":
-            sid = str(payload.get("session_id"))
-            found = self.topo.release(sid)
-            if found:
-                self.event("reservation_released", sid)
-            if msg.response_topic:
-                self.bus.reply(msg, {"type": "released", "ok": True, "found": found})
-        elif kind == "link_metrics":
-            if isinstance(payload.get("link"), str):
-                self.topo.set_metrics(payload["link"], payload)
-            if msg.response_topic:
-                self.bus.reply(msg, {"type": "ok", "ok": True})
-        elif kind == "topology_view":
-            self.bus.reply(msg, {"type": "topology_view", "ok": True, **self.topo.view()})
-        elif msg.response_topic:
-            self.bus.reply(msg, {"type": "error", "ok": False,
-                                 "reason": f"unknown request type {kind!r}"})
-
-    def path_request(self, req: dict[str, Any]) -> dict[str, Any]:
-        sid = req.get("session_id")
         try:
-            rate = float(req.get("rate_bps") or 0.0)
-            if rate < 0:
-                raise ValueError
-        except (TypeError, ValueError):
-            return {"type": "path", "ok": False, "reason": "rate_bps must be a number >= 0"}
-        exclude = req.get("exclude_links") or []
-        if not isinstance(exclude, list):
-            return {"type": "path", "ok": False, "reason": "exclude_links must be a list"}
-        res = self.topo.find_path(str(req.get("src")), str(req.get("dst")), rate,
-                                  [str(x) for x in exclude], sid,
-                                  reserve=bool(req.get("reserve", sid is not None)),
-                                  backup=bool(req.get("backup", True)))
+            req = m.decode_any(payload, m.ROUTING_IN)
+        except m.BadMessage as exc:
+            if msg.response_topic:  # the asker gets the reason instead of a timeout
+                reason = str(exc) if kind in {c.TYPE for c in m.ROUTING_IN} \
+                    else f"unknown request type {kind!r}"
+                self.bus.reply(msg, m.ErrorReply(reason=reason).to_payload())
+            raise
+        if isinstance(req, m.PathRequest):
+            self.bus.reply(msg, self.path_request(req).to_payload())
+        elif isinstance(req, m.Release):
+            found = self.topo.release(req.session_id)
+            if found:
+                self.event("reservation_released", req.session_id)
+            if msg.response_topic:
+                self.bus.reply(msg, m.Released(ok=True, found=found).to_payload())
+        elif isinstance(req, m.LinkMetrics):
+            self.topo.set_metrics(req.link, req.to_payload())
+            if msg.response_topic:
+                self.bus.reply(msg, m.OkReply(ok=True).to_payload())
+        elif isinstance(req, m.TopologyViewRequest):
+            self.bus.reply(msg, m.TopologyView(ok=True, extra=self.topo.view()).to_payload())
+
+    def path_request(self, req: m.PathRequest) -> m.PathReply:
+        sid = req.session_id
+        rate = req.rate_bps
+        if rate < 0:
+            return m.PathReply(ok=False, reason="rate_bps must be a number >= 0")
+        reserve = req.reserve if req.reserve is not None else sid is not None
+        res = self.topo.find_path(req.src, req.dst, rate, list(req.exclude_links), sid,
+                                  reserve=reserve,
+                                  backup=req.backup if req.backup is not None else True)
         if res["ok"]:
             self.event("path_computed", sid, path=res["path"], links=res["links"],
                        rate_bps=rate, backup=(res["backup"] or {}).get("path"))
         else:
-            self.event("path_refused", sid, src=req.get("src"), dst=req.get("dst"),
-                       rate_bps=rate, reason=res["reason"])
-        return {"type": "path", "session_id": sid, "backup": None, **res}
+            self.event("path_refused", sid, src=req.src, dst=req.dst, rate_bps=rate,
+                       reason=res["reason"])
+        return m.build(m.PathReply, {"session_id": sid, **res})
 
 
 def main(config: dict[str, Any]) -> None:

@@ -34,9 +34,11 @@ from qkdtwin.messages.catalog import (
     EveCommand,
     Event,
     KeyRequest,
+    KmTelemetry,
     LinkAlarm,
     LinkMetrics,
     LookupSae,
+    ModuleTelemetry,
     OkReply,
     PathReply,
     PathRequest,
@@ -57,6 +59,7 @@ from qkdtwin.messages.catalog import (
     UserList,
     UserReply,
     UsersReply,
+    decode_telemetry,
 )
 
 # What arrives on each inbound topic (the replies are decoded with their class by the asker).
@@ -66,7 +69,8 @@ ACCESS_ADMIN = (UserList, UserAdd, UserDisable, UserEnable)
 ROUTING_IN = (PathRequest, Release, LinkMetrics, TopologyViewRequest)
 REPLIES = (AuthResult, ProfileReply, SaeReply, UsersReply, UserReply, PathReply, Released,
            TopologyView, OkReply, ErrorReply)
-ONE_WAY = (SessionConfig, SessionDelete, Telemetry, LinkAlarm, Topology, Event, EveCommand)
+ONE_WAY = (SessionConfig, SessionDelete, ModuleTelemetry, KmTelemetry, LinkAlarm, Topology,
+           Event, EveCommand)
 ALL: tuple[type[Message], ...] = (*ADMISSION_IN, *ACCESS_IN, *ACCESS_ADMIN, *ROUTING_IN,
                                   *ONE_WAY, *REPLIES)
 
@@ -82,13 +86,13 @@ def decode_any(payload: bytes | str | dict, among: Iterable[type[Message]]) -> M
 
 
 __all__ = [
-    "ACCESS_ADMIN", "ACCESS_IN", "ADMISSION_IN", "ALL", "MAX_PAYLOAD_BYTES", "ONE_WAY",
-    "REPLIES", "ROUTING_IN", "SCHEMA_VERSION", "SUPPORTED_VERSIONS", "AuthResult",
-    "Authenticate", "BadMessage", "CloseRequest", "ConfigRequest", "ConfigResync",
-    "DeletionConfirm", "ErrorReply", "EveCommand", "Event", "KeyRequest", "LinkAlarm",
-    "LinkMetrics", "LookupSae", "Message", "OkReply", "PathReply", "PathRequest",
-    "ProfileReply", "ProfileRequest", "Release", "Released", "SaeReply", "SessionConfig",
-    "SessionDelete", "Telemetry", "Topology", "TopologyView", "TopologyViewRequest", "UserAdd",
-    "UserDisable", "UserEnable", "UserList", "UserReply", "UsersReply", "build", "decode",
-    "decode_any", "parse_json",
+    "ACCESS_ADMIN", "ACCESS_IN", "ADMISSION_IN", "ALL", "AuthResult", "Authenticate",
+    "BadMessage", "CloseRequest", "ConfigRequest", "ConfigResync", "DeletionConfirm",
+    "ErrorReply", "EveCommand", "Event", "KeyRequest", "KmTelemetry", "LinkAlarm",
+    "LinkMetrics", "LookupSae", "MAX_PAYLOAD_BYTES", "Message", "ModuleTelemetry", "ONE_WAY",
+    "OkReply", "PathReply", "PathRequest", "ProfileReply", "ProfileRequest", "REPLIES",
+    "ROUTING_IN", "Release", "Released", "SCHEMA_VERSION", "SUPPORTED_VERSIONS", "SaeReply",
+    "SessionConfig", "SessionDelete", "Telemetry", "Topology", "TopologyView",
+    "TopologyViewRequest", "UserAdd", "UserDisable", "UserEnable", "UserList", "UserReply",
+    "UsersReply", "build", "decode", "decode_any", "decode_telemetry", "parse_json",
 ]

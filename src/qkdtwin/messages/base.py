@@ -54,6 +54,7 @@ class Message:
     TYPE: ClassVar[str] = ""
     TOPIC: ClassVar[str] = ""   # as written in the docs' table, e.g. "`admission/in`"
     NOTE: ClassVar[str] = ""    # a sentence after the fields in the docs' table
+    LABEL: ClassVar[str] = ""   # after the type in the docs' table, when a type has variants
 
     ts: float = field(default_factory=time.time)
     v: int = SCHEMA_VERSION

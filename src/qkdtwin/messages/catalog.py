@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from qkdtwin.messages.base import Message, doc
+from qkdtwin.messages.base import Message, decode, doc, parse_json
 
 OMIT = {"omit_none": True}
 
@@ -19,6 +19,11 @@ OMIT = {"omit_none": True}
 def opt(text: str = "") -> Any:
     """An optional field, left out of the payload while None."""
     return field(default=None, metadata={**OMIT, "doc": text})
+
+
+def nullable(text: str) -> Any:
+    """An optional field, sent as null while None."""
+    return field(default=None, metadata=doc(text))
 
 
 def req(text: str) -> Any:
@@ -253,7 +258,7 @@ class PathReply(Message):
     session_id: str | None = opt()
     path: list[str] | None = opt("KM names")
     links: list[str] | None = opt("link ids")
-    backup: dict[str, Any] | None = opt("disjoint path or null")
+    backup: dict[str, Any] | None = nullable("disjoint path or null")
     weight: float | None = opt()
     reason: str | None = opt("when refused")
 
@@ -323,26 +328,45 @@ class ErrorReply(Message):
 
 @dataclass(kw_only=True)
 class Telemetry(Message):
+    """What every telemetry sample has; :func:`decode_telemetry` reads the full sample."""
+
     TYPE = "telemetry"
     TOPIC = "`telemetry/<node>/<link>`"
-    NOTE = "more fields of the module's statistics (`blocks_ok`, `time_scale`, ...) may follow"
     source: str = req("`qkd` for a module, `km`")
     node: str
     link: str
-    # module
-    side: str | None = opt("module: `a`/`b`")
-    status: str | None = opt("module")
-    qber: float | None = opt("module: of the last block")
-    qber_block: int | None = opt("module: that block's number")
-    skr_bps: float | None = opt("module")
-    sifted_bps: float | None = opt("module")
-    stored_bits: float | None = opt("module")
-    realtime_factor: float | None = opt("module")
-    eve_fraction: float | None = opt("module")
-    # key manager
-    pool_bits: float | None = opt("KM")
-    sessions: int | None = opt("KM")
-    rtt_ms: float | None = opt("KM")
+
+
+@dataclass(kw_only=True)
+class ModuleTelemetry(Telemetry):
+    LABEL = " (module)"
+    NOTE = "more fields of the module's statistics (`blocks_ok`, `time_scale`, ...) follow"
+    source: str = req("`qkd`")
+    side: str | None = nullable("`a`/`b`")
+    status: str | None = None
+    qber: float | None = nullable("of the last block")
+    qber_block: int | None = nullable("that block's number")
+    skr_bps: float | None = None
+    sifted_bps: float | None = None
+    stored_bits: float | None = None
+    realtime_factor: float | None = None
+    eve_fraction: float | None = None
+
+
+@dataclass(kw_only=True)
+class KmTelemetry(Telemetry):
+    LABEL = " (KM)"
+    source: str = req("`km`")
+    pool_bits: float | None = opt()
+    sessions: int | None = opt()
+    rtt_ms: float | None = opt()
+
+
+def decode_telemetry(payload: bytes | str | dict[str, Any]) -> ModuleTelemetry | KmTelemetry:
+    """A telemetry sample as the class its ``source`` names (a module's unless ``km``)."""
+    obj = parse_json(payload)
+    cls = KmTelemetry if obj.get("source") == "km" else ModuleTelemetry
+    return decode(obj, cls)
 
 
 @dataclass(kw_only=True)
@@ -353,9 +377,9 @@ class LinkAlarm(Message):
     kind: str = req("`link_down`, `qber_high`, `qber_suspicious`, `clear`")
     qber: float | None = None
     threshold: float | None = None
-    suspicion: float | None = opt("the link's suspicion level")
-    reason: str | None = opt()
-    skr_bps: float | None = opt()
+    suspicion: float | None = nullable("the link's suspicion level")
+    reason: str | None = None
+    skr_bps: float | None = None
 
 
 @dataclass(kw_only=True)

@@ -11,7 +11,8 @@ ORDER: tuple[type[Message], ...] = (
     c.Authenticate, c.AuthResult, c.ConfigRequest, c.KeyRequest, c.CloseRequest,
     c.DeletionConfirm, c.ConfigResync, c.SessionConfig, c.SessionDelete, c.ProfileRequest,
     c.ProfileReply, c.LookupSae, c.SaeReply, c.PathRequest, c.PathReply, c.Release, c.Released,
-    c.LinkMetrics, c.TopologyViewRequest, c.TopologyView, c.Telemetry, c.LinkAlarm, c.Topology,
+    c.LinkMetrics, c.TopologyViewRequest, c.TopologyView, c.ModuleTelemetry, c.KmTelemetry,
+    c.LinkAlarm, c.Topology,
     c.Event, c.EveCommand, c.UserList, c.UserAdd, c.UserDisable, c.UserEnable, c.UsersReply,
     c.UserReply, c.OkReply, c.ErrorReply)
 
@@ -28,7 +29,7 @@ def _field(f) -> str:
 def row(cls: type[Message]) -> str:
     fields = ", ".join(_field(f) for f in cls.wire_fields()) or "(no fields)"
     note = f" — {cls.NOTE}" if cls.NOTE else ""
-    return f"| {cls.TOPIC} | `{cls.TYPE}` | {fields}{note} |"
+    return f"| {cls.TOPIC} | `{cls.TYPE}`{cls.LABEL} | {fields}{note} |"
 
 
 def render_table() -> str:

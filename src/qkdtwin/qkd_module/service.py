@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from qkdtwin import bus as topics
+from qkdtwin import messages as m
 from qkdtwin.bus import Bus
 from qkdtwin.errors import UserError
 from qkdtwin.qkd_module.api import ModuleApi
@@ -49,10 +50,11 @@ class QkdModule:
         stored = self.store.stored_bits()
         self.stats.g_stored.set(stored)
         self.stats.g_eve.set(self.engine.eve_fraction)
-        return {"type": "telemetry", "ts": time.time(), "source": "qkd", "node": c.node,
-                "link": c.link, "side": c.side, "status": self.engine.status,
-                "eve_fraction": self.engine.eve_fraction, "stored_bits": stored,
-                "time_scale": c.params.time_scale, "block_pulses": c.block_pulses, **snap}
+        return m.build(m.ModuleTelemetry, {
+            "source": "qkd", "node": c.node, "link": c.link, "side": c.side,
+            "status": self.engine.status, "eve_fraction": self.engine.eve_fraction,
+            "stored_bits": stored, "time_scale": c.params.time_scale,
+            "block_pulses": c.block_pulses, **snap}).to_payload()
 
     def healthz(self) -> dict[str, Any]:
         t = self.telemetry()
@@ -70,8 +72,8 @@ class QkdModule:
                                       if isinstance(self.engine, Alice) else None)}
 
     def _on_eve(self, topic: str, payload: dict[str, Any], msg: Any) -> None:
-        f = payload.get("fraction")
-        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f <= 1:
+        f = m.decode(payload, m.EveCommand).fraction  # a malformed one: logged by the bus
+        if not 0 <= f <= 1:
             log.warning("ignoring eve command with fraction %r", f, extra={"link": self.cfg.link})
             return
         self.engine.set_eve_fraction(float(f))  # type: ignore[attr-defined]
