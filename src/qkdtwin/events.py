@@ -8,7 +8,8 @@ The recorder (:mod:`qkdtwin.recorder`) writes one JSON object per line to
 ``payload`` is the message as published (events: ``type: "event"``, ``ts``, ``element``,
 ``kind``, ``session_id``...; alarms and the topology as in docs/architecture.md).
 :func:`load_events` reads such files back; :func:`build_timeline` turns them into lanes (one
-per element, and one per QKD module) and markers of the categories of the paper's Figure 4.
+per element, and one per QKD module) and markers of the categories of the paper's Figure 4,
+and its sessions table from :func:`fold_sessions` (:mod:`qkdtwin.session_fold`).
 """
 
 from __future__ import annotations
