@@ -32,6 +32,7 @@ import subprocess
 import threading
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from qkdtwin.key_manager.sessions import session_id_014
 from qkdtwin.labops.lab import DeployedLab as SaeLab
 from qkdtwin.sae.client import SaeClient, SaeError
 from tests.support.lab_events import LabEvents
+from tests.support.waiting import wait_for as support_wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,15 +54,8 @@ PAIRS_014 = (("sae-a0", "sae-a1"), ("sae-a0", "sae-a2"), ("sae-b0", "sae-b2"))
 PAUSE_MAX_S = 8.0  # a paused QKD module: below monitoring's stale_s (15 s), so no link alarm
 
 
-def wait_for(cond, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
+# this file polls every 0.1 s
+wait_for = partial(support_wait_for, step=0.1)
 
 
 class Lab:
@@ -150,7 +145,7 @@ def lab(deployed_lab, tmp_path_factory):
             120, f"{km} healthy with link key")
     # a link alarm (e.g. left by an eavesdropper test, cleared a few seconds after the QBER is
     # back) takes the link out of routing: wait until every link is clear
-    wait_for(lambda: not lab.events.active_alarms(), 120, "no link alarm", every=0.5)
+    wait_for(lambda: not lab.events.active_alarms(), 120, "no link alarm", step=0.5)
     before = lab.admission_sessions().get("active", 0)
     yield lab
     try:
@@ -559,7 +554,7 @@ def test_sigkill_of_a_km_loses_and_duplicates_no_key(lab):
     def more_keys(n: int, timeout: float) -> None:
         start = len(got)
         wait_for(lambda: len(got) >= start + n, timeout,
-                 f"{n} more keys (failures: {failures[-3:]})", every=0.1)
+                 f"{n} more keys (failures: {failures[-3:]})", step=0.1)
 
     worker = threading.Thread(target=traffic, daemon=True)
     worker.start()

@@ -20,6 +20,7 @@ import requests
 from qkdtwin import bus as topics
 from qkdtwin.key_manager.sessions import session_id_014
 from tests.support.km_cluster import get_key_until, km_lab
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +37,6 @@ def lab(tmp_path_factory, test_ca):
     with km_lab(d, test_ca, USERS, LINKS, extra={"prefetch_keys": 16, "prefetch_chunks": 8}
                 ) as lab:
         yield lab
-
-
-def wait_for(pred, timeout=10.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def query(lab, km, sql, *args):

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import threading
 import time
+from functools import partial
 
 import pytest
 
@@ -34,6 +35,7 @@ from qkdtwin.control.cli import lab_connection
 from qkdtwin.qkd_module.config import block_pulses
 from qkdtwin.qkd_module.predict import block_prediction
 from qkdtwin.quantum.params import LinkParams
+from tests.support.waiting import wait_for as support_wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -82,14 +84,8 @@ def link_apis(lab, link: dict) -> tuple[Api, Api]:
             Api(lab, link["b"], port(link["b"]), link["a"]))
 
 
-def wait_for(cond, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+# this file polls every 0.5 s
+wait_for = partial(support_wait_for, step=0.5)
 
 
 def drain(alice: Api) -> dict[str, bytes]:

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -22,22 +21,13 @@ from qkdtwin.bus import BrokerConfig, Bus
 from tests.support.broker import free_port
 from tests.support.pki import TestCA
 from tests.support.procs import terminate_all
+from tests.support.waiting import wait_for
 
 SDN_BASE = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
 
 # star6: km0 in the middle, km4-km5 extra link (labs/star6.clab.yml)
 STAR6_LINKS = [("km0", "km1"), ("km0", "km2"), ("km0", "km3"), ("km0", "km4"), ("km0", "km5"),
                ("km4", "km5")]
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s: {pred}")
 
 
 def broker_cfg(broker, ca: TestCA, cn: str) -> dict[str, Any]:

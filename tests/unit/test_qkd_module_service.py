@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ import yaml
 from qkdtwin.bus import BrokerConfig, Bus
 from qkdtwin.qkd_module.service import eve_topic
 from tests.support.broker import TestBroker, free_port
+from tests.support.waiting import wait_for as support_wait_for
 
 pytestmark = [
     pytest.mark.unit,
@@ -86,14 +88,8 @@ class Module:
                              timeout=20)
 
 
-def wait_for(cond, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+# this file polls every 0.2 s
+wait_for = partial(support_wait_for, step=0.2)
 
 
 def keys_of(r: requests.Response) -> dict[str, bytes]:
