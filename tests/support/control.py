@@ -18,12 +18,11 @@ import yaml
 from qkdtwin import bus
 from qkdtwin import messages as m
 from qkdtwin.bus import BrokerConfig, Bus
+from qkdtwin.etsi015 import SDN_BASE
 from tests.support.broker import free_port
 from tests.support.pki import TestCA
 from tests.support.procs import terminate_all
 from tests.support.waiting import wait_for
-
-SDN_BASE = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
 
 # star6: km0 in the middle, km4-km5 extra link (labs/star6.clab.yml)
 STAR6_LINKS = [("km0", "km1"), ("km0", "km2"), ("km0", "km3"), ("km0", "km4"), ("km0", "km5"),

@@ -17,6 +17,7 @@ from qkdtwin.control.admission import AdmissionControl
 from qkdtwin.control.monitoring import Monitoring
 from qkdtwin.control.routing import RoutingElement
 from qkdtwin.control.sdn import SdnController
+from qkdtwin.etsi015 import SDN_BASE
 from tests.support.control import (
     FakeKM,
     broker_cfg,
@@ -110,7 +111,7 @@ def test_paper_scenario_three_parallel_sessions(plane, kms, test_ca):
     assert "km1" in (kms["km0"].config_for(s01)["next_hop"], kms["km0"].config_for(s01)["prev_hop"])
     assert kms["km0"].config_for(s45) is None and kms["km1"].config_for(s23) is None
     # the relayed session is a VIRT link at the SDN controller, with its hops
-    r = requests.get(plane["url"] + "/restconf/data/etsi-qkd-sdn-node:qkd_node",
+    r = requests.get(plane["url"] + SDN_BASE,
                      cert=(test_ca.issue("host", ou="operator").cert,
                            test_ca.dir / "operator-host.key"), verify=test_ca.ca, timeout=5)
     virt = list({lk["qkdl_id"]: lk for n in r.json()["qkd_node"]

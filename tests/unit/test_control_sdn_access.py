@@ -15,6 +15,7 @@ from qkdtwin import bus
 from qkdtwin.cli import main as cli_main
 from qkdtwin.control.access import AccessControl
 from qkdtwin.control.sdn import SdnController
+from qkdtwin.etsi015 import SDN_BASE as BASE
 from tests.support.control import broker_cfg, make_bus, register_star6, wait_for
 from tests.support.pki import TestCA
 
@@ -22,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.unit
 
-BASE = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
 USERS = yaml.safe_load((ROOT / "labs" / "star6.users.yml").read_text())["users"]
 
 

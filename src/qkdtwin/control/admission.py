@@ -37,6 +37,7 @@ from qkdtwin import messages as m
 from qkdtwin.bus import Message, RequestTimeout
 from qkdtwin.control.common import Element
 from qkdtwin.control.sla import bucket_for, check_qos
+from qkdtwin.etsi015 import SDN_BASE
 from qkdtwin.service import run_service
 from qkdtwin.sqlite import open_db
 
@@ -44,7 +45,6 @@ log = logging.getLogger("qkdtwin.admission")
 
 LIVE = ("accepted", "routing", "active")
 BLOCKING = ("link_down", "qber_high")
-SDN_BASE = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
 
 
 def hop_entries(path: list[str], s: dict[str, Any]) -> dict[str, dict[str, Any]]:

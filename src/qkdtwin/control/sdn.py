@@ -38,10 +38,10 @@ from qkdtwin import bus
 from qkdtwin import messages as m
 from qkdtwin.control.common import Element, require
 from qkdtwin.errors import UserError
+from qkdtwin.etsi015 import SDN_BASE as BASE
 from qkdtwin.service import run_service
 from qkdtwin.sqlite import open_db
 
-BASE = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
 LINK_TYPES = ("PHYS", "VIRT")
 
 

@@ -8,6 +8,7 @@ import logging
 import threading
 from typing import Any
 
+from qkdtwin.etsi015 import SDN_BASE
 from qkdtwin.key_manager.config import KmConfig
 from qkdtwin.key_manager.peers import HttpClient, PeerError
 
@@ -39,8 +40,7 @@ class SdnAgent:
         self._stop.set()
 
     def _loop(self) -> None:
-        url = (f"{self.cfg.sdn_url.rstrip('/')}/restconf/data/etsi-qkd-sdn-node:qkd_node/"
-               f"{self.cfg.node}")
+        url = f"{self.cfg.sdn_url.rstrip('/')}{SDN_BASE}/{self.cfg.node}"
         delay = 1.0
         while not self._stop.is_set():
             try:
