@@ -33,14 +33,12 @@ from pathlib import Path
 
 import yaml
 
+from qkdtwin.deploy import REPO_ROOT, SITE_PLAYBOOK, ansible_env, deploy
+from qkdtwin.runtime.registry import get_runtime
+from qkdtwin.topology import load_lab
+from qkdtwin.topology.labcopy import copy_lab, lab_lock
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # for tests.infra.labcopy
-
-from qkdtwin.deploy import REPO_ROOT, SITE_PLAYBOOK, ansible_env, deploy  # noqa: E402
-from qkdtwin.runtime.registry import get_runtime  # noqa: E402
-from qkdtwin.topology import load_lab  # noqa: E402
-from tests.infra.labcopy import copy_lab, lab_lock  # noqa: E402
-
 NETNS = get_runtime("netns")
 RESULT = ROOT / "benchmarks" / "results" / "deploy.json"
 

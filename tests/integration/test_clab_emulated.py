@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from qkdtwin.topology import load_lab
-from tests.infra.labcopy import copy_lab
+from qkdtwin.topology.labcopy import copy_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800),
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

@@ -20,7 +20,7 @@ from qkdtwin.deploy import deploy
 from qkdtwin.runtime import netns
 from qkdtwin.runtime.registry import get_runtime
 from qkdtwin.topology import load_lab
-from tests.infra.labcopy import copy_lab, lab_lock
+from qkdtwin.topology.labcopy import copy_lab, lab_lock
 
 NETNS = get_runtime("netns")
 

@@ -28,7 +28,7 @@ import pytest
 import testinfra
 import yaml
 
-from tests.infra.labcopy import copy_lab, lab_lock
+from qkdtwin.topology.labcopy import copy_lab, lab_lock
 from tests.infra.netns_backend import register as register_netns_backend
 
 ROOT = Path(__file__).resolve().parents[2]

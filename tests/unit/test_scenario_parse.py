@@ -219,7 +219,7 @@ def test_cli_bad_file_exits_2_with_the_problems(tmp_path, capsys):
 
 def test_cli_check_against_an_undeployed_lab(tmp_path, capsys):
     from qkdtwin.cli import main
-    from tests.infra.labcopy import copy_lab
+    from qkdtwin.topology.labcopy import copy_lab
 
     lab = copy_lab(ROOT / "labs" / "star6.clab.yml", tmp_path, "parse6", 250)
     assert main(["scenario", str(lab), str(ROOT / "scenarios" / "paper-fig4.yml"),

@@ -1,4 +1,5 @@
-"""Renamed copies of a lab, so tests and benchmarks never touch a lab deployed from labs/."""
+"""Renamed copies of a lab, so tests and benchmarks never touch a lab deployed from labs/,
+and a host-wide lock per lab name for whoever deploys one."""
 
 from __future__ import annotations
 
