@@ -24,12 +24,15 @@ import ssl
 import subprocess
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 import requests
+
+from tests.support.waiting import wait_for as support_wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -145,14 +148,8 @@ def operator_client(lab: Lab) -> mqtt.Client:
     return c
 
 
-def wait_for(cond, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v or time.monotonic() > deadline:
-            assert v, f"timed out after {timeout:g} s waiting for {what}"
-            return v
-        time.sleep(every)
+# this file polls every 0.5 s
+wait_for = partial(support_wait_for, step=0.5)
 
 
 @pytest.fixture(scope="module")
