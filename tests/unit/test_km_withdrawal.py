@@ -12,6 +12,7 @@ import pytest
 from qkdtwin.key_manager import relay as rl
 from qkdtwin.key_manager.alarms import BadAlarm, LinkAlarms
 from qkdtwin.key_manager.keystore import E2EKey, KeyStore, NotFound, via_route, via_text
+from qkdtwin.messages import BadMessage, LinkAlarm, decode
 
 pytestmark = pytest.mark.unit
 
@@ -64,20 +65,24 @@ def test_via_text_matches_whole_link_names():
 
 def test_alarm_state_quarantines_until_clear_and_ignores_stale_messages():
     a = LinkAlarms()
-    before, after = a.apply("L", {"link": "L", "kind": "qber_suspicious", "ts": 10.0})
+    before, after = a.apply("L", LinkAlarm(link="L", kind="qber_suspicious", ts=10.0))
     assert before is None and after.kind == "qber_suspicious" and after.since == 10.0
-    _, after = a.apply("L", {"link": "L", "kind": "qber_high", "ts": 12.0})
+    _, after = a.apply("L", LinkAlarm(link="L", kind="qber_high", ts=12.0))
     assert after.kind == "qber_high" and after.since == 10.0  # still the same alarm
     assert "link L is under alarm (qber_high since" in after.describe()
     assert a.first_in(["M", "L"]).link == "L" and a.first_in(["M"]) is None
     # an older message handed over late by the bus changes nothing
-    before, after = a.apply("L", {"link": "L", "kind": "clear", "ts": 11.0})
+    before, after = a.apply("L", LinkAlarm(link="L", kind="clear", ts=11.0))
     assert before is after and a.get("L").kind == "qber_high"
-    before, after = a.apply("L", {"kind": "clear", "ts": 13.0})
+    before, after = a.apply("L", LinkAlarm(link="L", kind="clear", ts=13.0))
     assert before.kind == "qber_high" and after is None and a.snapshot() == {}
-    for bad in ({"link": "L", "kind": "eve"}, {"link": "M", "kind": "clear"}, {"kind": None}):
+    for bad in ({"link": "L", "kind": "eve"}, {"link": "M", "kind": "clear"},
+                {"link": "", "kind": "clear"}):
         with pytest.raises(BadAlarm):
-            a.apply("L", bad)
+            a.apply("L", decode({"type": "alarm", **bad}, LinkAlarm))
+    for bad in ({"kind": "clear"}, {"link": "L", "kind": None}):  # refused before the state
+        with pytest.raises(BadMessage):
+            decode({"type": "alarm", **bad}, LinkAlarm)
 
 
 def _keys(idxs, side_via, session="s"):
@@ -166,8 +171,7 @@ def _relay_to_km9(km, sid, key_id, value, route):
 
 
 def _alarm(km, link, kind, ts):
-    km.quarantine.on_alarm(f"qkd/v1/alarm/{link}",
-                           {"type": "alarm", "link": link, "kind": kind, "ts": ts})
+    km.quarantine.on_alarm(f"qkd/v1/alarm/{link}", LinkAlarm(link=link, kind=kind, ts=ts))
 
 
 def test_km_refuses_relays_over_or_across_a_link_under_alarm(km9):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+
+from qkdtwin.messages import LinkAlarm
 
 QUARANTINE = ("link_down", "qber_high", "qber_suspicious")
 COMPROMISED = ("qber_high", "qber_suspicious")  # keys that crossed the link are withdrawn
@@ -41,20 +42,16 @@ class LinkAlarms:
         self._alarms: dict[str, Alarm] = {}
         self._last_ts: dict[str, float] = {}
 
-    def apply(self, topic_link: str, p: dict[str, Any]) -> tuple[Alarm | None, Alarm | None]:
+    def apply(self, topic_link: str, msg: LinkAlarm) -> tuple[Alarm | None, Alarm | None]:
         """Take one alarm message; returns (before, after) for its link (None = clear), or
         raises BadAlarm. Messages older than the last one seen for the link are ignored
         (the bus may hand two quick messages to its workers out of order): then before is
         after."""
-        link = p.get("link", topic_link)
-        kind = p.get("kind")
+        link, kind, ts = msg.link, msg.kind, msg.ts  # ts: now when the payload had none
         if link != topic_link or not link:
             raise BadAlarm(f"alarm on the topic of {topic_link!r} names link {link!r}")
         if kind not in KINDS:
             raise BadAlarm(f"alarm kind {kind!r} is not one of {', '.join(KINDS)}")
-        ts = p.get("ts")
-        if isinstance(ts, bool) or not isinstance(ts, int | float):
-            ts = time.time()
         with self._lock:
             before = self._alarms.get(link)
             if ts < self._last_ts.get(link, float("-inf")):

@@ -7,6 +7,11 @@ at most one per session per second, with the bits summed), ``close_request``,
 telemetry per link.
 In: ``session_config`` on km/<km>/config, ``session_delete`` on km/<km>/delete, and the
 retained link alarms on alarm/+ (a (re)connected KM gets every link's current state).
+
+Every payload is a :mod:`qkdtwin.messages` class. An inbound payload that does not decode
+(not JSON, wrong type, missing or mistyped field, unknown version, too large) raises
+``BadMessage`` in its handler, which the bus logs with the reason and drops: the KM's
+handlers only ever see typed messages, and the KM keeps working.
 """
 
 from __future__ import annotations
@@ -19,6 +24,24 @@ from typing import Any
 
 from qkdtwin import bus as topics
 from qkdtwin.bus import Bus, RequestTimeout
+from qkdtwin.messages import (
+    Authenticate,
+    AuthResult,
+    BadMessage,
+    CloseRequest,
+    ConfigRequest,
+    ConfigResync,
+    DeletionConfirm,
+    ErrorReply,
+    KeyRequest,
+    LinkAlarm,
+    Message,
+    SessionConfig,
+    SessionDelete,
+    Telemetry,
+    decode,
+    decode_any,
+)
 
 log = logging.getLogger("qkdtwin.key_manager.control")
 
@@ -34,20 +57,24 @@ class Control:
         self.bus = bus
         self.timeout_s = timeout_s
         self.auth_cache_s = auth_cache_s
-        self._auth_cache: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
+        self._auth_cache: dict[tuple[str, str | None], tuple[float, AuthResult]] = {}
         self._pending_bits: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._event_gate: dict[tuple[str, str], float] = {}
 
-    def start(self, on_config: Callable[[dict[str, Any]], None],
-              on_delete: Callable[[dict[str, Any]], None],
-              on_alarm: Callable[[str, dict[str, Any]], None] | None = None) -> Control:
+    def start(self, on_config: Callable[[SessionConfig], None],
+              on_delete: Callable[[SessionDelete], None],
+              on_alarm: Callable[[str, LinkAlarm], None] | None = None) -> Control:
         if self.bus is not None:
-            self.bus.subscribe(topics.km_config(self.node), lambda t, p, m: on_config(p))
-            self.bus.subscribe(topics.km_delete(self.node), lambda t, p, m: on_delete(p))
+            # decode() raises BadMessage on a malformed payload: logged and dropped by the bus
+            self.bus.subscribe(topics.km_config(self.node),
+                               lambda t, p, m: on_config(decode(p, SessionConfig)))
+            self.bus.subscribe(topics.km_delete(self.node),
+                               lambda t, p, m: on_delete(decode(p, SessionDelete)))
             if on_alarm is not None:
-                self.bus.subscribe(topics.alarm("+"), lambda t, p, m: on_alarm(t, p))
+                self.bus.subscribe(topics.alarm("+"),
+                                   lambda t, p, m: on_alarm(t, decode(p, LinkAlarm)))
             self.bus.start(wait=5)
         threading.Thread(target=self._flush_loop, daemon=True, name="key-request").start()
         return self
@@ -62,17 +89,18 @@ class Control:
     def connected(self) -> bool:
         return self.bus is not None and self.bus.connected
 
-    def _publish(self, topic: str, payload: dict[str, Any]) -> None:
+    def _publish(self, topic: str, msg: Message) -> None:
         if self.bus is None:
             return
-        self.bus.publish(topic, payload)
+        self.bus.publish(topic, msg.to_payload())
 
     # -- requests ----------------------------------------------------------------------------
 
     def authenticate(self, cert: dict[str, str], peer_sae_id: str | None,
-                     session_id: str | None = None) -> dict[str, Any]:
+                     session_id: str | None = None) -> AuthResult:
         """Ask access control whether this certificate's SAE may talk to ``peer_sae_id``
-        (``session_id``: the session it asks for, named in access control's event)."""
+        (``session_id``: the session it asks for, named in access control's event). A
+        malformed answer is logged and counts as none."""
         key = (cert["fingerprint"], peer_sae_id)
         now = time.monotonic()
         with self._lock:
@@ -82,12 +110,20 @@ class Control:
         if self.bus is None or not self.bus.connected:
             raise ControlUnavailable("control plane unreachable (no broker connection)")
         try:
-            rep = self.bus.request(topics.ACCESS_IN, {
-                "type": "authenticate", "km": self.node, "sae_id": cert["cn"], "cert": cert,
-                "peer_sae_id": peer_sae_id, "session_id": session_id}, timeout=self.timeout_s)
+            raw = self.bus.request(topics.ACCESS_IN, Authenticate(
+                km=self.node, sae_id=cert["cn"], cert=cert, peer_sae_id=peer_sae_id,
+                session_id=session_id).to_payload(), timeout=self.timeout_s)
         except RequestTimeout:
             raise ControlUnavailable("access control did not answer in time") from None
-        if rep.get("ok"):
+        try:
+            rep = decode_any(raw, (AuthResult, ErrorReply))
+        except BadMessage as exc:
+            log.warning("dropping malformed answer of access control: %s", exc.reason,
+                        extra={"reason": exc.reason, "session_id": session_id})
+            raise ControlUnavailable("access control did not answer in time") from None
+        if isinstance(rep, ErrorReply):
+            return AuthResult(ok=False, reason=rep.reason)
+        if rep.ok:
             with self._lock:
                 self._auth_cache[key] = (now, rep)
         return rep
@@ -96,14 +132,13 @@ class Control:
                        api: str, qos: dict[str, Any]) -> None:
         if self.bus is None or not self.bus.connected:
             raise ControlUnavailable("control plane unreachable (no broker connection)")
-        self._publish(topics.ADMISSION_IN, {
-            "type": "config_request", "km": self.node, "session_id": session_id, "user": user,
-            "sae_id": sae_id, "peer_sae_id": peer_sae_id, "api": api, "qos": qos})
+        self._publish(topics.ADMISSION_IN, ConfigRequest(
+            km=self.node, session_id=session_id, user=user, sae_id=sae_id,
+            peer_sae_id=peer_sae_id, api=api, qos=qos))
 
     def config_resync(self, session_id: str) -> None:
         """Ask admission to send this KM's session_config of a live session again."""
-        self._publish(topics.ADMISSION_IN, {"type": "config_resync", "km": self.node,
-                                            "session_id": session_id})
+        self._publish(topics.ADMISSION_IN, ConfigResync(km=self.node, session_id=session_id))
         self.event("config_resync", session_id)
 
     def key_request(self, session_id: str, bits: int) -> None:
@@ -113,12 +148,11 @@ class Control:
     def close_request(self, session_id: str, reason: str = "closed") -> None:
         with self._lock:
             self._pending_bits.pop(session_id, None)
-        self._publish(topics.ADMISSION_IN, {"type": "close_request", "km": self.node,
-                                            "session_id": session_id, "reason": reason})
+        self._publish(topics.ADMISSION_IN, CloseRequest(km=self.node, session_id=session_id,
+                                                        reason=reason))
 
     def deletion_confirm(self, session_id: str) -> None:
-        self._publish(topics.ADMISSION_IN, {"type": "deletion_confirm", "km": self.node,
-                                            "session_id": session_id})
+        self._publish(topics.ADMISSION_IN, DeletionConfirm(km=self.node, session_id=session_id))
 
     def event(self, kind: str, session_id: str | None = None, *, gate_s: float = 0.0,
               **fields: Any) -> None:
@@ -134,16 +168,17 @@ class Control:
                 self._event_gate[k] = now
         self.bus.event(kind, session_id, **fields)
 
-    def telemetry(self, link: str, **fields: Any) -> None:
-        self._publish(topics.telemetry(self.node, link), {
-            "type": "telemetry", "source": "km", "node": self.node, "link": link, **fields})
+    def telemetry(self, link: str, pool_bits: float, sessions: int, status: str) -> None:
+        self._publish(topics.telemetry(self.node, link), Telemetry(
+            source="km", node=self.node, link=link, pool_bits=pool_bits, sessions=sessions,
+            status=status))
 
     def _flush(self) -> None:
         with self._lock:
             pending, self._pending_bits = self._pending_bits, {}
         for sid, bits in pending.items():
-            self._publish(topics.ADMISSION_IN, {"type": "key_request", "km": self.node,
-                                                "session_id": sid, "bits": bits})
+            self._publish(topics.ADMISSION_IN, KeyRequest(km=self.node, session_id=sid,
+                                                          bits=bits))
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(1.0):

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from qkdtwin.key_manager.forwarding import Entry
 from qkdtwin.key_manager.production import KeyProduction
 from qkdtwin.key_manager.sessions import OPERATIVE, TERMINATED, USER_ACCEPTED, Session
 from qkdtwin.key_manager.shared import Shared
 from qkdtwin.key_manager.token_bucket import TokenBucket
+from qkdtwin.messages import SessionConfig, SessionDelete
 
 log = logging.getLogger("qkdtwin.key_manager")
 
@@ -30,14 +30,13 @@ class ControlInput:
         self.save = save
         self.release = release
 
-    def on_config(self, p: dict[str, Any]) -> None:
+    def on_config(self, m: SessionConfig) -> None:
         """``session_config`` from admission control (new session or ``update``)."""
-        sid = p.get("session_id")
-        role = p.get("role")
-        if not isinstance(sid, str) or role not in ("source", "transit", "destination"):
-            log.warning("ignoring malformed session_config", extra={"payload": p})
+        sid, role, prev_hop, next_hop = m.session_id, m.role, m.prev_hop, m.next_hop
+        if role not in ("source", "transit", "destination"):
+            log.warning("ignoring malformed session_config: role %r", role,
+                        extra={"payload": m.to_payload()})
             return
-        prev_hop, next_hop = p.get("prev_hop"), p.get("next_hop")
         for hop in (prev_hop, next_hop):
             if hop is not None and hop not in self.pool_by_peer:
                 log.warning("session_config names %s, not a neighbour of %s", hop, self.node,
@@ -45,30 +44,13 @@ class ControlInput:
                 self.control.event("config_refused", sid, reason=f"{hop} is not a neighbour")
                 return
         s = self.sessions.get(sid)
+        fresh = s is None or s.state == TERMINATED
         if s is None or s.state == TERMINATED:
-            s = Session(session_id=sid, api=str(p.get("api", "014")), state=OPERATIVE)
+            s = Session(session_id=sid, api=m.api or "014", state=OPERATIVE)
             self.sessions.put(s)
-            fresh = True
-        else:
-            fresh = False
-        with s.cond:
-            s.role = role
-            s.priority = int(p.get("priority", s.priority))
-            b = p.get("bucket") or {}
-            if b:
-                if s.bucket is None:
-                    s.bucket = TokenBucket(b.get("size_bits", 1e12), b.get("rate_bps", 1e12))
-                else:
-                    s.bucket.reconfigure(b.get("size_bits", 1e12), b.get("rate_bps", 1e12))
-            s.timeout_s = float(p.get("timeout_s", s.timeout_s))
-            s.local_sae_id = p.get("local_sae_id") or s.local_sae_id
-            s.peer_sae_id = p.get("peer_sae_id") or s.peer_sae_id
-            s.user = p.get("user") or s.user
-            if p.get("peer_km"):
-                s.peer_km = p["peer_km"]
-            s.touch()
+        self._configure(s, m)
         old = self.forwarding.set(sid, Entry(role, prev_hop, next_hop))
-        if p.get("update") and old is not None:
+        if m.update and old is not None:
             self.control.event("forwarding_update", sid, role=role, prev_hop=prev_hop,
                                next_hop=next_hop, old_prev_hop=old.prev_hop,
                                old_next_hop=old.next_hop)
@@ -82,17 +64,35 @@ class ControlInput:
         if role == "source":
             self.production.maybe_prefetch(s)
 
-    def on_delete(self, p: dict[str, Any]) -> None:
+    @staticmethod
+    def _configure(s: Session, m: SessionConfig) -> None:
+        """The session's settings from its configuration (what it leaves out stays)."""
+        with s.cond:
+            s.role = m.role
+            s.priority = m.priority
+            b = m.bucket
+            if b:
+                if s.bucket is None:
+                    s.bucket = TokenBucket(b.get("size_bits", 1e12), b.get("rate_bps", 1e12))
+                else:
+                    s.bucket.reconfigure(b.get("size_bits", 1e12), b.get("rate_bps", 1e12))
+            s.timeout_s = m.timeout_s
+            s.local_sae_id = m.local_sae_id or s.local_sae_id
+            s.peer_sae_id = m.peer_sae_id or s.peer_sae_id
+            s.user = m.user or s.user
+            if m.peer_km:
+                s.peer_km = m.peer_km
+            s.touch()
+
+    def on_delete(self, m: SessionDelete) -> None:
         """``session_delete``: the session ends here; confirmed to admission control."""
-        sid = p.get("session_id")
-        if not isinstance(sid, str):
-            return
+        sid = m.session_id
         s = self.sessions.get(sid)
         self.forwarding.remove(sid)
         if s is not None:
-            if p.get("counter_qos"):
-                s.qos["counter_qos"] = p["counter_qos"]
-            self.sessions.transition(s, TERMINATED, str(p.get("reason", "deleted")))
+            if m.counter_qos:
+                s.qos["counter_qos"] = m.counter_qos
+            self.sessions.transition(s, TERMINATED, m.reason)
             self.release(s)
         self.control.deletion_confirm(sid)
-        self.control.event("session_deleted", sid, reason=p.get("reason"))
+        self.control.event("session_deleted", sid, reason=m.reason)

@@ -11,6 +11,7 @@ from qkdtwin.key_manager.errors import KmError
 from qkdtwin.key_manager.identity import Identity
 from qkdtwin.key_manager.sessions import TERMINATED, USER_ACCEPTED, Session
 from qkdtwin.key_manager.shared import Shared
+from qkdtwin.messages import AuthResult
 
 
 class Establishment:
@@ -20,7 +21,7 @@ class Establishment:
         self.sessions = sh.sessions
 
     def authenticate(self, ident: Identity, peer_sae_id: str | None,
-                     session_id: str | None = None) -> dict[str, Any]:
+                     session_id: str | None = None) -> AuthResult:
         """Access control's ``auth_result`` for this SAE certificate and peer; refusals and
         an unreachable control plane are KmError."""
         if ident.ou != "sae":
@@ -30,9 +31,10 @@ class Establishment:
             rep = self.control.authenticate(ident.as_dict(), peer_sae_id, session_id)
         except ControlUnavailable as exc:
             raise KmError("unavailable", str(exc), status004=4) from None
-        if not rep.get("ok"):
-            raise KmError("unauthorized", f"SAE {ident.cn} not authorised: "
-                          f"{rep.get('reason', 'refused by access control')}", status004=10)
+        if not rep.ok:
+            reason = "refused by access control" if rep.reason is None else rep.reason
+            raise KmError("unauthorized", f"SAE {ident.cn} not authorised: {reason}",
+                          status004=10)
         return rep
 
     def establish(self, s: Session, ident: Identity, peer: str, api: str,
@@ -45,8 +47,8 @@ class Establishment:
         except KmError as exc:
             self.sessions.transition(s, TERMINATED, exc.message)
             raise
-        s.user = rep.get("user") or ident.o
-        cap_bits = (rep.get("sla") or {}).get("max_key_size")
+        s.user = rep.user or ident.o
+        cap_bits = (rep.sla or {}).get("max_key_size")
         if isinstance(cap_bits, int) and not isinstance(cap_bits, bool) and cap_bits > 0:
             s.qos["sla_max_key_size"] = cap_bits  # ETSI 014 sizes are checked per request
             if api == "014" and cap_bits < s.key_size:
@@ -55,7 +57,7 @@ class Establishment:
                 qos = {**qos, "key_chunk_size": s.key_size // 8}
         if "priority" not in qos:
             # no priority asked for: the KM default, within what the user's SLA allows
-            cap = (rep.get("sla") or {}).get("max_priority")
+            cap = (rep.sla or {}).get("max_priority")
             prio = self.cfg.default_priority
             if isinstance(cap, int | float) and not isinstance(cap, bool):
                 prio = max(0, min(prio, int(cap)))

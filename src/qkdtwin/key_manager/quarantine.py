@@ -7,12 +7,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from qkdtwin.key_manager.alarms import COMPROMISED, BadAlarm
 from qkdtwin.key_manager.keystore import Withdrawal
 from qkdtwin.key_manager.sessions import Session
 from qkdtwin.key_manager.shared import Shared
+from qkdtwin.messages import LinkAlarm
 
 log = logging.getLogger("qkdtwin.key_manager")
 
@@ -37,10 +37,10 @@ class Quarantine:
         self.sh = sh
         self.refill = refill  # the source's prefetch after a withdrawal
 
-    def on_alarm(self, topic: str, p: dict[str, Any]) -> None:
+    def on_alarm(self, topic: str, msg: LinkAlarm) -> None:
         """A retained ``alarm`` from monitoring (docs/architecture.md, Key Manager)."""
         try:
-            before, after = self.alarms.apply(topic.rsplit("/", 1)[-1], p)
+            before, after = self.alarms.apply(topic.rsplit("/", 1)[-1], msg)
         except BadAlarm as exc:
             log.warning("ignoring alarm: %s", exc, extra={"topic": topic})
             return
@@ -48,7 +48,7 @@ class Quarantine:
         if after is not None and (before is None or before.kind != after.kind):
             log.warning("%s: no relay over it until it clears", after.describe())
             self.control.event("link_quarantined", None, link=link, alarm=after.kind,
-                               since=after.since, reason=p.get("reason"))
+                               since=after.since, reason=msg.reason)
         elif after is None and before is not None:
             log.info("alarm of link %s cleared: relays over it again", link)
             self.control.event("link_released", None, link=link, alarm="clear",
