@@ -19,10 +19,16 @@ pytestmark = pytest.mark.unit
 class StubBus:
     """What Control uses of a Bus; handlers run through the real Bus's wrapper."""
 
+    _drop = Bus._drop
+
     def __init__(self) -> None:
+        self._malformed_hooks: list = []
         self.handlers: dict[str, object] = {}
         self.published: list[tuple[str, dict]] = []
         self.connected = True
+
+    def on_malformed(self, hook) -> None:
+        self._malformed_hooks.append(hook)
 
     def subscribe(self, topic_filter, handler, qos=1) -> None:
         self.handlers[topic_filter] = handler
@@ -40,7 +46,7 @@ class StubBus:
         self.published.append(("event", {"kind": kind, "session_id": session_id, **fields}))
 
     def deliver(self, topic_filter: str, topic: str, payload) -> None:
-        Bus._run_handler(None, self.handlers[topic_filter], Message(topic, payload, None, None))
+        Bus._run_handler(self, self.handlers[topic_filter], Message(topic, payload, None, None))
 
 
 @pytest.fixture
@@ -93,7 +99,12 @@ def test_malformed_payloads_on_every_inbound_topic_are_logged_and_dropped(km, ca
     assert len(drops) == len(MALFORMED) + 6
     assert all(r.reason for r in drops)  # each with its reason
     assert km.sessions.all() == [] and km.forwarding.snapshot() == {}
-    assert km.alarms.snapshot() == {} and bus.published == []
+    assert km.alarms.snapshot() == {}
+    # nothing but one message_dropped event per topic (and second)
+    assert sorted(p["topic"] for _, p in bus.published) == sorted(
+        [alarm.replace("+", "km0-km1"), delete, config])
+    assert {p["kind"] for _, p in bus.published} == {"message_dropped"}
+    bus.published.clear()
     # still working: a valid configuration, alarm and delete are applied
     bus.deliver(config, config, _config("s1"))
     assert km.forwarding.get("s1").prev_hop == "km0"

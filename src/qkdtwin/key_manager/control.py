@@ -34,11 +34,11 @@ from qkdtwin.messages import (
     DeletionConfirm,
     ErrorReply,
     KeyRequest,
+    KmTelemetry,
     LinkAlarm,
     Message,
     SessionConfig,
     SessionDelete,
-    Telemetry,
     decode,
     decode_any,
 )
@@ -62,12 +62,14 @@ class Control:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._event_gate: dict[tuple[str, str], float] = {}
+        self._dropped_at: dict[str, float] = {}
 
     def start(self, on_config: Callable[[SessionConfig], None],
               on_delete: Callable[[SessionDelete], None],
               on_alarm: Callable[[str, LinkAlarm], None] | None = None) -> Control:
         if self.bus is not None:
             # decode() raises BadMessage on a malformed payload: logged and dropped by the bus
+            self.bus.on_malformed(self._malformed)
             self.bus.subscribe(topics.km_config(self.node),
                                lambda t, p, m: on_config(decode(p, SessionConfig)))
             self.bus.subscribe(topics.km_delete(self.node),
@@ -84,6 +86,17 @@ class Control:
         self._flush()
         if self.bus is not None:
             self.bus.stop()
+
+    def _malformed(self, topic: str, exc: BadMessage) -> None:
+        """A payload the bus dropped (already logged): one ``message_dropped`` event per topic
+        and second, as the control elements publish."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._dropped_at.get(topic, -1.0) < 1.0:
+                return
+            self._dropped_at[topic] = now
+        self.event("message_dropped", None, topic=topic, reason=exc.reason,
+                   msg_type=exc.msg_type)
 
     @property
     def connected(self) -> bool:
@@ -169,9 +182,10 @@ class Control:
         self.bus.event(kind, session_id, **fields)
 
     def telemetry(self, link: str, pool_bits: float, sessions: int, status: str) -> None:
-        self._publish(topics.telemetry(self.node, link), Telemetry(
+        # status: the link pool's, sent as before as an extra field of the KM's sample
+        self._publish(topics.telemetry(self.node, link), KmTelemetry(
             source="km", node=self.node, link=link, pool_bits=pool_bits, sessions=sessions,
-            status=status))
+            extra={"status": status}))
 
     def _flush(self) -> None:
         with self._lock:
