@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "src")]
+sys.path[:0] = [str(ROOT / "src")]
 
 from qkdtwin.bus import BrokerConfig  # noqa: E402
 from qkdtwin.testbed.broker import TestBroker  # noqa: E402
+from qkdtwin.testbed.fake_control import FakeControl  # noqa: E402
 from qkdtwin.testbed.km_cluster import KmCluster  # noqa: E402
 from qkdtwin.testbed.pki import TestCA  # noqa: E402
-from tests.support.fake_control import FakeControl  # noqa: E402
 
 
 def _conn(port: int, ca: str, cert: str, key: str) -> http.client.HTTPSConnection:

@@ -16,9 +16,9 @@ import requests
 
 from qkdtwin.bus import BrokerConfig
 from qkdtwin.testbed.broker import TestBroker
+from qkdtwin.testbed.fake_control import FakeControl
 from qkdtwin.testbed.km_cluster import KmCluster
 from qkdtwin.testbed.pki import TestCA
-from tests.support.fake_control import FakeControl
 
 ROOT = Path(__file__).resolve().parents[2]
 
