@@ -229,9 +229,12 @@ def test_eve_raises_the_published_qber_and_stops_key(deployed_lab, capsys):
             attacked = hb["eve_since_block"]
             assert attacked in (first, first + 1)
             assert ha["last_ok_block"] <= attacked and hb["last_ok_block"] <= attacked
-            # once the blocks sent before Eve came are through, no more key is made
-            wait_for(lambda: (lambda h: h["oldest_open_block"] > attacked
-                              and h["pending_blocks"] == 0)(a.health()), 120, "older blocks done")
+            # once the blocks sent before Eve came are through at both ends (Bob finishes a
+            # block after Alice, and a block with key after later aborted ones), no more key
+            for end in (a, b):
+                wait_for(lambda end=end: (lambda h: h["oldest_open_block"] > attacked
+                                          and h["pending_blocks"] == 0)(end.health()), 120,
+                         f"older blocks done at {end.node}")
             made = a.health()["secret_bits_total"], b.health()["secret_bits_total"]
             wait_for(lambda: [t for t in sorted(list(seen), key=lambda t: t["ts"])[-4:]
                               if t["skr_bps"] == 0], 60, "telemetry showing no key")

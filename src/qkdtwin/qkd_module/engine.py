@@ -98,6 +98,10 @@ class Engine:
         ep = self.classical
         return ep is not None and not ep.closed.is_set()
 
+    def oldest_open_block(self) -> int:
+        """Lowest block id not yet post-processed at this end (else the current block)."""
+        return self.current_block
+
     def _record(self, block: int, res: PartyResult) -> None:
         outcome = _outcome(res)
         qber = res.estimate.qber if res.estimate is not None else None
@@ -349,6 +353,8 @@ class _BobSession:
         self.queue: queue.Queue = queue.Queue(maxsize=queued)
         self.threads: list[threading.Thread] = []
         self.dead = threading.Event()
+        self.open: set[int] = set()  # blocks detected but not yet post-processed
+        self.open_lock = threading.Lock()
 
 
 class Bob(Engine):
@@ -359,6 +365,15 @@ class Bob(Engine):
         self._session: _BobSession | None = None
         self._slock = threading.Lock()
         self._listener: socket.socket | None = None
+
+    def oldest_open_block(self) -> int:
+        """Lowest block id detected but not yet post-processed (else the current block)."""
+        s = self._session
+        if s is not None:
+            with s.open_lock:
+                if s.open:
+                    return min(s.open)
+        return self.current_block
 
     def stop(self) -> None:
         super().stop()
@@ -516,6 +531,8 @@ class Bob(Engine):
                 self.stats.pulses(frame.n_pulses)
                 if det.end_slot == end:
                     d = det.take(end)
+                    with s.open_lock:
+                        s.open.add(s.first_block + block)
                     # a full queue blocks here, so Alice's sends block: honest backpressure
                     while not s.dead.is_set():
                         try:
@@ -533,8 +550,12 @@ class Bob(Engine):
                 bid, det = s.queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            if not s.dead.is_set():
-                self._process(s, bid, det)
+            try:
+                if not s.dead.is_set():
+                    self._process(s, bid, det)
+            finally:
+                with s.open_lock:
+                    s.open.discard(bid)
 
     def _process(self, s: _BobSession, bid: int, det: Detections) -> None:
         ep = s.ep

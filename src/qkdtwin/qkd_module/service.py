@@ -68,8 +68,7 @@ class QkdModule:
                 "last_ok_block": self.engine.last_ok_block,
                 "eve_since_block": self.engine.eve_since_block,
                 "pending_blocks": len(self.store.pending_blocks()),
-                "oldest_open_block": (self.engine.oldest_open_block()
-                                      if isinstance(self.engine, Alice) else None)}
+                "oldest_open_block": self.engine.oldest_open_block()}
 
     def _on_eve(self, topic: str, payload: dict[str, Any], msg: Any) -> None:
         f = m.decode(payload, m.EveCommand).fraction  # a malformed one: logged by the bus

@@ -88,13 +88,16 @@ class LinkStats:
                 self.blocks_failed += 1
             self.secret_bits_total += secret_bits
             self._blocks.append((now, secret_bits, sifted_bits))
-            if qber is not None:
+            # blocks are post-processed in parallel and a block that gives key takes longer
+            # than an aborted one: the figure is the newest block's, not the last to finish
+            if qber is not None and (block_id is None or self.last_qber_block is None
+                                     or block_id >= self.last_qber_block):
                 self.last_qber, self.last_qber_block = qber, block_id
             self.last_block = outcome
         self.m_blocks.labels(outcome.split(":")[0]).inc()
         self.m_secret.inc(secret_bits)
         self.m_sifted.inc(sifted_bits)
-        if qber is not None:
+        if qber is not None and self.last_qber_block == block_id:
             self.g_qber.set(qber)
 
     # -- figures --
