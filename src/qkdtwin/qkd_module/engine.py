@@ -98,10 +98,6 @@ class Engine:
         ep = self.classical
         return ep is not None and not ep.closed.is_set()
 
-    def oldest_open_block(self) -> int:
-        """Lowest block id not yet post-processed at this end (else the current block)."""
-        return self.current_block
-
     def _record(self, block: int, res: PartyResult) -> None:
         outcome = _outcome(res)
         qber = res.estimate.qber if res.estimate is not None else None
