@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from qkdtwin import bus
+from qkdtwin import messages as m
 from qkdtwin.bus import BrokerConfig, Bus, RequestTimeout
 from qkdtwin.errors import UserError
 from qkdtwin.labops.lab import DeployedLab
@@ -19,7 +20,7 @@ def lab_connection(lab_ref: str) -> BrokerConfig:
     return DeployedLab.load(lab_ref).broker_config()
 
 
-def ask_access(broker: BrokerConfig, body: dict[str, Any], timeout: float = 5.0
+def ask_access(broker: BrokerConfig, body: m.Message, timeout: float = 5.0
                ) -> dict[str, Any]:
     b = Bus(broker, "host", workers=1)
     b.start(wait=0)
@@ -27,7 +28,7 @@ def ask_access(broker: BrokerConfig, body: dict[str, Any], timeout: float = 5.0
         if not b.wait_connected(timeout):
             raise UserError(f"broker {broker.host}:{broker.port} not reachable")
         try:
-            answer = b.request(bus.ACCESS_ADMIN, body, timeout=timeout)
+            answer = b.request(bus.ACCESS_ADMIN, body.to_payload(), timeout=timeout)
         except RequestTimeout:
             raise UserError("access control did not answer (is the element running?)") from None
     finally:
@@ -54,7 +55,7 @@ def format_user(u: dict[str, Any]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    users = ask_access(lab_connection(args.lab), {"type": "user_list"})["users"]
+    users = ask_access(lab_connection(args.lab), m.UserList())["users"]
     if args.json:
         print(json.dumps(users, indent=2))
     else:
@@ -69,13 +70,17 @@ def cmd_add(args: argparse.Namespace) -> int:
                    "max_key_size": args.max_key_size, "max_sessions": args.max_sessions,
                    "allowed_destinations": args.allow or ["*"]},
            "applications": args.sae or []}
-    u = ask_access(lab_connection(args.lab), {"type": "user_add", "user": rec})["user"]
+    u = ask_access(lab_connection(args.lab), m.UserAdd(user=rec))["user"]
     print(format_user(u))
     return 0
 
 
+STATUS: dict[str, type[m.UserDisable] | type[m.UserEnable]] = {
+    "user_disable": m.UserDisable, "user_enable": m.UserEnable}
+
+
 def _status(args: argparse.Namespace, kind: str) -> int:
-    u = ask_access(lab_connection(args.lab), {"type": kind, "name": args.name})["user"]
+    u = ask_access(lab_connection(args.lab), STATUS[kind](name=args.name))["user"]
     print(format_user(u))
     return 0
 

@@ -17,6 +17,7 @@ from qkdtwin import bus as topics
 from qkdtwin.bus import Bus
 from qkdtwin.errors import UserError
 from qkdtwin.labops.lab import DeployedLab
+from qkdtwin.messages import EveCommand
 from qkdtwin.qkd_module.service import eve_topic
 from qkdtwin.topology import Lab, Link
 
@@ -56,8 +57,8 @@ def set_eve(lab: DeployedLab, spec: str, fraction: float,
         if not b.wait_connected(timeout):
             raise UserError(f"broker {broker.host}:{broker.port} not reachable "
                             f"(is lab {lab.name} deployed?)")
-        b.publish(eve_topic(node, link.id), {"type": "eve", "link": link.id,
-                                             "fraction": fraction})
+        b.publish(eve_topic(node, link.id),
+                  EveCommand(link=link.id, fraction=fraction).to_payload())
         if not done.wait(timeout):
             raise UserError(f"the QKD module of {link.id} at {node} did not confirm within "
                             f"{timeout:.0f} s (is it running? qkdtwin deploy {lab.name})")
