@@ -85,7 +85,7 @@ def inbound(links: list[tuple[str, str]], kms: list[str]) -> dict[str, tuple[str
 
 class Lab:
     def __init__(self, deployed) -> None:
-        from qkdtwin.sae.lab import DeployedLab
+        from qkdtwin.labops.lab import DeployedLab
 
         self.d = deployed
         self.sae_lab = DeployedLab.load(deployed.lab.path)
