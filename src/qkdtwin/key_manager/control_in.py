@@ -10,22 +10,17 @@ from collections.abc import Callable
 from qkdtwin.key_manager.forwarding import Entry
 from qkdtwin.key_manager.production import KeyProduction
 from qkdtwin.key_manager.sessions import OPERATIVE, TERMINATED, USER_ACCEPTED, Session
-from qkdtwin.key_manager.shared import Shared
+from qkdtwin.key_manager.shared import Part, Shared
 from qkdtwin.key_manager.token_bucket import TokenBucket
 from qkdtwin.messages import SessionConfig, SessionDelete
 
 log = logging.getLogger("qkdtwin.key_manager")
 
 
-class ControlInput:
+class ControlInput(Part):
     def __init__(self, sh: Shared, production: KeyProduction,
                  save: Callable[[Session], None], release: Callable[[Session], None]) -> None:
-        self.node = sh.node
-        self.control = sh.control
-        self.sessions = sh.sessions
-        self.forwarding = sh.forwarding
-        self.pool_by_peer = sh.pool_by_peer
-        self.retries = sh.retries
+        super().__init__(sh)
         self.production = production
         self.save = save
         self.release = release

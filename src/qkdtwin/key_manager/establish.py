@@ -10,15 +10,13 @@ from qkdtwin.key_manager.control import ControlUnavailable
 from qkdtwin.key_manager.errors import KmError
 from qkdtwin.key_manager.identity import Identity
 from qkdtwin.key_manager.sessions import TERMINATED, USER_ACCEPTED, Session
-from qkdtwin.key_manager.shared import Shared
+from qkdtwin.key_manager.shared import Part, Shared
 from qkdtwin.messages import AuthResult
 
 
-class Establishment:
+class Establishment(Part):
     def __init__(self, sh: Shared) -> None:
-        self.cfg = sh.cfg
-        self.control = sh.control
-        self.sessions = sh.sessions
+        super().__init__(sh)
 
     def authenticate(self, ident: Identity, peer_sae_id: str | None,
                      session_id: str | None = None) -> AuthResult:

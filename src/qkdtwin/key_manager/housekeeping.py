@@ -16,20 +16,14 @@ from qkdtwin.key_manager.sessions import (
     USER_ACCEPTED,
     Session,
 )
-from qkdtwin.key_manager.shared import Shared
+from qkdtwin.key_manager.shared import Part, Shared
 
 log = logging.getLogger("qkdtwin.key_manager")
 
 
-class Housekeeping:
+class Housekeeping(Part):
     def __init__(self, sh: Shared, release: Callable[[Session], None]) -> None:
-        self.cfg = sh.cfg
-        self.store = sh.store
-        self.metrics = sh.metrics
-        self.control = sh.control
-        self.sessions = sh.sessions
-        self.forwarding = sh.forwarding
-        self.pools = sh.pools
+        super().__init__(sh)
         self.stop = sh.stop
         self.release = release
 

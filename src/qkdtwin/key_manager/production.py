@@ -16,20 +16,12 @@ from qkdtwin.key_manager.keystore import E2EKey
 from qkdtwin.key_manager.relay_out import RELAY_BATCH, RelayOut
 from qkdtwin.key_manager.scheduler import Job
 from qkdtwin.key_manager.sessions import Session
-from qkdtwin.key_manager.shared import Shared
+from qkdtwin.key_manager.shared import Part, Shared
 
 
-class KeyProduction:
+class KeyProduction(Part):
     def __init__(self, sh: Shared, relay_out: RelayOut) -> None:
-        self.cfg = sh.cfg
-        self.node = sh.node
-        self.store = sh.store
-        self.forwarding = sh.forwarding
-        self.pool_by_peer = sh.pool_by_peer
-        self.schedulers = sh.schedulers
-        self.alarms = sh.alarms
-        self.ready = sh.ready
-        self.sh = sh
+        super().__init__(sh)
         self.relay_out = relay_out
 
     def next_link_alarm(self, s: Session) -> Alarm | None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from qkdtwin.key_manager.alarms import COMPROMISED, BadAlarm
 from qkdtwin.key_manager.keystore import Withdrawal
 from qkdtwin.key_manager.sessions import Session
-from qkdtwin.key_manager.shared import Shared
+from qkdtwin.key_manager.shared import Part, Shared
 from qkdtwin.messages import LinkAlarm
 
 log = logging.getLogger("qkdtwin.key_manager")
@@ -24,17 +24,9 @@ def withdrawn_message(what: str, w: Withdrawal) -> str:
             f" {since}Z")
 
 
-class Quarantine:
+class Quarantine(Part):
     def __init__(self, sh: Shared, refill: Callable[[Session], None]) -> None:
-        self.store = sh.store
-        self.metrics = sh.metrics
-        self.control = sh.control
-        self.sessions = sh.sessions
-        self.pools = sh.pools
-        self.alarms = sh.alarms
-        self.ready = sh.ready
-        self.retries = sh.retries
-        self.sh = sh
+        super().__init__(sh)
         self.refill = refill  # the source's prefetch after a withdrawal
 
     def on_alarm(self, topic: str, msg: LinkAlarm) -> None:

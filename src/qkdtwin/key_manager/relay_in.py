@@ -17,25 +17,16 @@ from qkdtwin.key_manager.keystore import E2EKey, KeyConflict, NotFound, Withdraw
 from qkdtwin.key_manager.peers import PeerError
 from qkdtwin.key_manager.relay_out import RelayOut
 from qkdtwin.key_manager.sessions import Session
-from qkdtwin.key_manager.shared import Shared
+from qkdtwin.key_manager.shared import Part, Shared
 
 RESYNC_GAP_S = 1.0  # at most one config_resync per session and second
 
 
-class RelayIn:
+class RelayIn(Part):
     def __init__(self, sh: Shared, relay_out: RelayOut,
                  withdraw: Callable[[list[Withdrawal]], None],
                  demand_chunks: Callable[[Session, int], None]) -> None:
-        self.cfg = sh.cfg
-        self.node = sh.node
-        self.store = sh.store
-        self.metrics = sh.metrics
-        self.control = sh.control
-        self.sessions = sh.sessions
-        self.forwarding = sh.forwarding
-        self.pools = sh.pools
-        self.alarms = sh.alarms
-        self.sh = sh
+        super().__init__(sh)
         self.relay_out = relay_out
         self.withdraw = withdraw
         self.demand_chunks = demand_chunks

@@ -17,27 +17,15 @@ from qkdtwin.key_manager.errors import KmError
 from qkdtwin.key_manager.keystore import E2EKey, Withdrawal, via_text
 from qkdtwin.key_manager.peers import PeerError
 from qkdtwin.key_manager.sessions import TERMINATED, Session
-from qkdtwin.key_manager.shared import RELAY_RETRY_S, Shared
+from qkdtwin.key_manager.shared import RELAY_RETRY_S, Part, Shared
 
 log = logging.getLogger("qkdtwin.key_manager")
 RELAY_BATCH = 512  # end-to-end keys per relay message
 
 
-class RelayOut:
+class RelayOut(Part):
     def __init__(self, sh: Shared) -> None:
-        self.cfg = sh.cfg
-        self.node = sh.node
-        self.store = sh.store
-        self.metrics = sh.metrics
-        self.control = sh.control
-        self.peers = sh.peers
-        self.sessions = sh.sessions
-        self.forwarding = sh.forwarding
-        self.pool_by_peer = sh.pool_by_peer
-        self.alarms = sh.alarms
-        self.ready = sh.ready
-        self.retries = sh.retries
-        self.sh = sh
+        super().__init__(sh)
         # accounts for keys the store withdrew (the link alarms' part); set by the coordinator
         self.withdraw: Callable[[list[Withdrawal]], None] = lambda ws: None
 

@@ -21,7 +21,7 @@ from qkdtwin.key_manager.peers import PeerError
 from qkdtwin.key_manager.production import KeyProduction
 from qkdtwin.key_manager.quarantine import withdrawn_message
 from qkdtwin.key_manager.sessions import TERMINATED, Session
-from qkdtwin.key_manager.shared import Shared
+from qkdtwin.key_manager.shared import Part, Shared
 
 log = logging.getLogger("qkdtwin.key_manager")
 MAX_RUN_AHEAD = 1024  # ETSI 004: how far beyond the stream's front an index may be asked
@@ -47,19 +47,10 @@ def _side(s: Session, sae: str) -> str:
     return "dst"
 
 
-class Etsi004Service:
+class Etsi004Service(Part):
     def __init__(self, sh: Shared, establish: Establishment, production: KeyProduction,
                  release: Callable[[Session], None]) -> None:
-        self.cfg = sh.cfg
-        self.node = sh.node
-        self.store = sh.store
-        self.metrics = sh.metrics
-        self.control = sh.control
-        self.peers = sh.peers
-        self.sessions = sh.sessions
-        self.forwarding = sh.forwarding
-        self.pool_by_peer = sh.pool_by_peer
-        self.arrivals = sh.arrivals
+        super().__init__(sh)
         self.establish = establish
         self.production = production
         self.release = release

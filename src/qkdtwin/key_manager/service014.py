@@ -16,7 +16,7 @@ from qkdtwin.key_manager.keystore import E2EKey, NotFound, WrongOwner
 from qkdtwin.key_manager.production import KeyProduction
 from qkdtwin.key_manager.quarantine import withdrawn_message
 from qkdtwin.key_manager.sessions import TERMINATED, USER_ACCEPTED, Session, session_id_014
-from qkdtwin.key_manager.shared import Shared
+from qkdtwin.key_manager.shared import Part, Shared
 
 log = logging.getLogger("qkdtwin.key_manager")
 
@@ -27,17 +27,10 @@ def sla_key_bits(s: Session) -> int | None:
     return cap if isinstance(cap, int) and not isinstance(cap, bool) else None
 
 
-class Etsi014Service:
+class Etsi014Service(Part):
     def __init__(self, sh: Shared, establish: Establishment, production: KeyProduction
                  ) -> None:
-        self.cfg = sh.cfg
-        self.node = sh.node
-        self.store = sh.store
-        self.metrics = sh.metrics
-        self.control = sh.control
-        self.sessions = sh.sessions
-        self.forwarding = sh.forwarding
-        self.pool_by_peer = sh.pool_by_peer
+        super().__init__(sh)
         self.establish = establish
         self.production = production
 

@@ -131,3 +131,16 @@ class Shared:
     def notify_arrivals(self) -> None:
         with self.arrivals:
             self.arrivals.notify_all()
+
+
+class Part:
+    """The base of the KM's parts: the shared state under the names every part uses (bound
+    once at construction, as the coordinator builds the parts after the state)."""
+
+    def __init__(self, sh: Shared) -> None:
+        self.sh = sh
+        self.cfg, self.node, self.store, self.metrics = sh.cfg, sh.node, sh.store, sh.metrics
+        self.control, self.peers, self.sessions = sh.control, sh.peers, sh.sessions
+        self.forwarding, self.pools, self.pool_by_peer = sh.forwarding, sh.pools, sh.pool_by_peer
+        self.schedulers, self.alarms, self.arrivals = sh.schedulers, sh.alarms, sh.arrivals
+        self.ready, self.retries = sh.ready, sh.retries
