@@ -456,6 +456,16 @@ def test_higher_priority_served_first_when_key_is_scarce(lab):
         return lab.query("km0", "SELECT count(*) FROM link_keys WHERE link=? AND owner=?"
                          " AND state=1", (link, "km0"))
 
+    def settled(count, quiet_s: float, timeout: float) -> int:
+        """count() once it has not changed for quiet_s (or when timeout has passed)."""
+        last, since, deadline = count(), time.monotonic(), time.monotonic() + timeout
+        while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
+            time.sleep(0.1)
+            now = count()
+            if now != last:
+                last, since = now, time.monotonic()
+        return last
+
     def demand(tag: str, chunks: int) -> None:
         """The destination asks for a far index: the source makes `chunks` chunks in one job
         (index - produced + prefetch_chunks 8), which needs chunks + 1 link keys."""
@@ -476,8 +486,9 @@ def test_higher_priority_served_first_when_key_is_scarce(lab):
         t_pause = time.time()
         os.kill(module, signal.SIGSTOP)
         try:
-            time.sleep(0.5)  # link keys pulled just before are confirmed by km1
-            have = own_keys()
+            # link keys pulled just before are confirmed by km1 (under load that takes more
+            # than a moment): drain only once km0's count has settled
+            have = settled(own_keys, quiet_s=1.0, timeout=5.0)
             while have > 12:
                 # take all but ~3 keys: a job of n chunks sends ceil(n / 512) relay messages,
                 # each n_i * 32 bytes + a 32-byte MAC key, in 32-byte link keys; an index
