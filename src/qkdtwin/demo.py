@@ -43,12 +43,14 @@ Log = Callable[[str], None]
 
 
 def link_pools(lab: Any) -> dict[str, dict[str, int | None]]:
-    """Link id -> {km: pool bits or None} from every KM's /healthz (no certificate needed)."""
+    """Link id -> {km: pool bits or None} from every KM's /healthz (the details need the
+    operator certificate)."""
     out: dict[str, dict[str, int | None]] = {lk["id"]: {lk["a"]: None, lk["b"]: None}
                                             for lk in lab.qkd_links}
     with requests.Session() as s:
         s.trust_env = False
         s.verify = str(lab.ca)
+        s.cert = tuple(str(p) for p in lab.host_identity())
         for km in lab.kms:
             try:
                 body = s.get(f"{lab.km_url(km)}/healthz", timeout=5).json()

@@ -8,6 +8,7 @@ import time
 import uuid
 
 import pytest
+import requests
 
 from tests.support.km_cluster import get_key_until, km_lab, sae_session
 
@@ -178,13 +179,40 @@ def test_unknown_disabled_and_node_certificates_refused(lab):
     assert r.status_code == 403 and r.json()["message"]
 
 
-def test_wrong_slave_gets_401_and_keys_stay_for_the_right_one(lab):
+def test_health_details_and_metrics_need_a_lab_certificate(lab, test_ca):
+    """Finding L5: without a certificate (or with an application's) /healthz says only
+    whether the KM is alive; /metrics needs a node or operator certificate."""
+    url = km(lab, "km0")
+    anon = requests.Session()
+    anon.verify = test_ca.ca
+    for who in (anon, lab["saes"]["sae-a0"]):
+        r = who.get(f"{url}/healthz", timeout=10)
+        assert r.status_code == 200 and r.json() == {"ok": True}, r.text
+        r = who.get(f"{url}/metrics", timeout=10)
+        assert r.status_code == 403 and r.json()["message"], r.text
+    node = lab["cluster"].ids["km1"]
+    operator = test_ca.issue("host", ou="operator")
+    for ident in (node, operator):
+        r = anon.get(f"{url}/healthz", cert=(ident.cert, ident.key), timeout=10)
+        assert r.status_code == 200 and "km0-km1" in r.json()["links"], r.text
+        r = anon.get(f"{url}/metrics", cert=(ident.cert, ident.key), timeout=10)
+        assert r.status_code == 200 and "qkdtwin_km_requests_total" in r.text
+
+
+def test_wrong_slave_cannot_tell_its_keys_from_missing_ones_and_keys_stay(lab):
+    """Finding L5: dec_keys authorises before it looks the key IDs up, and answers IDs made
+    for another slave exactly like IDs that do not exist (no probing of key IDs)."""
     a0 = lab["saes"]["sae-a0"]
     keys = a0.post(f"{km(lab, 'km0')}/api/v1/keys/sae-a2/enc_keys", json={"number": 2}
                    ).json()["keys"]
     ids = {"key_IDs": [{"key_ID": k["key_ID"]} for k in keys]}
-    r = lab["saes"]["sae-b2"].post(f"{km(lab, 'km2')}/api/v1/keys/sae-a0/dec_keys", json=ids)
-    assert r.status_code == 401 and r.json()["message"]
+    url = f"{km(lab, 'km2')}/api/v1/keys/sae-a0/dec_keys"
+    r = lab["saes"]["sae-b2"].post(url, json=ids)
+    missing = lab["saes"]["sae-b2"].post(url, json={"key_IDs": [
+        {"key_ID": str(uuid.uuid4())} for _ in keys]})
+    assert (r.status_code, r.json()) == (missing.status_code, missing.json()), (r.text,
+                                                                                missing.text)
+    assert r.status_code in (400, 401) and r.json()["message"]
     r = lab["saes"]["sae-a2"].post(f"{km(lab, 'km2')}/api/v1/keys/sae-b0/dec_keys", json=ids)
     assert r.status_code == 400  # wrong master named
     r = lab["saes"]["sae-a2"].post(f"{km(lab, 'km2')}/api/v1/keys/sae-a0/dec_keys", json=ids)

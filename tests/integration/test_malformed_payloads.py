@@ -133,7 +133,7 @@ class Lab:
 
     def km_health(self, km: str) -> dict[str, Any]:
         return requests.get(f"{self.sae_lab.km_url(km)}/healthz", verify=str(self.sae_lab.ca),
-                            timeout=10).json()
+                            cert=self.sae_lab.host_identity(), timeout=10).json()
 
 
 def operator_client(lab: Lab) -> mqtt.Client:

@@ -64,7 +64,7 @@ def client(tmp_path, test_ca):
     km.store.close()
 
 
-def test_refusals_are_json(client):
+def test_refusals_are_json(client, test_ca):
     c, env = client
     r = c.post("/api/v1/keys/sae-z/enc_keys", json={})
     assert r.status_code == 401 and "certificate" in r.get_json()["message"]
@@ -82,9 +82,14 @@ def test_refusals_are_json(client):
     assert r.status_code == 400 and "malformed JSON" in r.get_json()["message"]
     r = c.post("/kmapi/v1/ext_keys", json={}, environ_base=env)
     assert r.status_code == 403
-    h = c.get("/healthz").get_json()
+    assert c.get("/healthz").get_json() == {"ok": True}  # no certificate: liveness only
+    assert c.get("/healthz", environ_base=env).get_json() == {"ok": True}  # an application
+    node = {"SSL_CLIENT_CERT": Path(test_ca.issue("km9", ou="node").cert).read_text(),
+            "SSL_CLIENT_VERIFY": "SUCCESS"}
+    h = c.get("/healthz", environ_base=node).get_json()
     assert h["db"] is True and h["broker"] is False
-    assert b"qkdtwin_km_requests_total" in c.get("/metrics").data
+    assert c.get("/metrics").status_code == 403
+    assert b"qkdtwin_km_requests_total" in c.get("/metrics", environ_base=node).data
     assert json.loads(c.get("/kmapi/versions").data)["versions"]
 
 

@@ -9,6 +9,8 @@ import base64
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ import yaml
 
 from qkdtwin.bus import BrokerConfig, Bus
 from qkdtwin.qkd_module.service import eve_topic
+from qkdtwin.quantum import wire
 from tests.support.broker import TestBroker, free_port
 from tests.support.waiting import wait_for as support_wait_for
 
@@ -42,10 +45,16 @@ QKD = {"protocol": "bb84-decoy", "length_km": 5, "source_rate_hz": 1.0e8, "mu": 
 
 
 class Module:
-    def __init__(self, root: Path, broker: TestBroker, ca, side: str, peer_port: int) -> None:
+    def __init__(self, root: Path, broker: TestBroker | None, ca, side: str, peer_port: int,
+                 me: str | None = None, other: str | None = None) -> None:
         node, peer = ("km0", "km1") if side == "a" else ("km1", "km0")
-        me, other = ("127.0.0.2", "127.0.0.3") if side == "a" else ("127.0.0.3", "127.0.0.2")
+        if me is None:
+            me, other = ("127.0.0.2", "127.0.0.3") if side == "a" else ("127.0.0.3", "127.0.0.2")
         ident = ca.issue(node)
+        self.addr = me
+        self.peer_port = peer_port
+        self.token_file = root / node / f"qkd-{LINK}.api-token"  # the module's default
+        self._http: requests.Session | None = None
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.peer = peer
@@ -55,8 +64,9 @@ class Module:
             "peer_ipv4": other, "peer_port": peer_port,
             "listen": {"host": "127.0.0.1", "port": self.port},
             "data_dir": str(root / node), "qkd": QKD, "telemetry_interval_s": 0.5,
-            "broker": {"host": "127.0.0.1", "port": broker.port, "ca": ca.ca,
-                       "cert": ident.cert, "key": ident.key}}))
+            "tls": {"ca": ca.ca, "cert": ident.cert, "key": ident.key},
+            "broker": broker and {"host": "127.0.0.1", "port": broker.port, "ca": ca.ca,
+                                  "cert": ident.cert, "key": ident.key}}))
         self.log = root / f"{node}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -83,8 +93,18 @@ class Module:
         except (requests.RequestException, ValueError):
             return None
 
+    @property
+    def http(self) -> requests.Session:
+        """A client with the module's API token (what the KM does)."""
+        if self._http is None:
+            self._http = requests.Session()
+            if self.token_file.exists():  # (a module without API tokens makes none)
+                self._http.headers["Authorization"] = \
+                    f"Bearer {self.token_file.read_text().strip()}"
+        return self._http
+
     def post(self, op: str, body: dict, sae: str | None = None) -> requests.Response:
-        return requests.post(f"{self.url}/api/v1/keys/{sae or self.peer}/{op}", json=body,
+        return self.http.post(f"{self.url}/api/v1/keys/{sae or self.peer}/{op}", json=body,
                              timeout=20)
 
 
@@ -132,7 +152,7 @@ def link(tmp_path_factory, test_ca):
 
 def wait_keys(a: Module, n: int, timeout: float = 90) -> None:
     def enough():
-        r = requests.get(f"{a.url}/api/v1/keys/{a.peer}/status", timeout=5).json()
+        r = a.http.get(f"{a.url}/api/v1/keys/{a.peer}/status", timeout=5).json()
         return r["stored_key_count"] >= n
     wait_for(enough, timeout, f"{n} keys of 256 bits at Alice")
 
@@ -145,7 +165,7 @@ def test_both_ends_hand_out_the_same_keys_under_the_same_ids(link):
     assert len(got) == 6 and {len(v) for v in got.values()} == {32, 64}
     ids = list(got)
     bob = keys_of(b.post("dec_keys", {"key_IDs": [{"key_ID": k} for k in ids[:5]]}))
-    r = requests.get(f"{b.url}/api/v1/keys/{b.peer}/dec_keys", params={"key_ID": ids[5]},
+    r = b.http.get(f"{b.url}/api/v1/keys/{b.peer}/dec_keys", params={"key_ID": ids[5]},
                      timeout=10)
     bob |= keys_of(r)
     assert bob == got
@@ -153,7 +173,7 @@ def test_both_ends_hand_out_the_same_keys_under_the_same_ids(link):
     again = b.post("dec_keys", {"key_IDs": [{"key_ID": ids[0]}]})
     assert again.status_code == 400
     assert again.json()["message"] == "one or more keys specified are not found on KME"
-    st = requests.get(f"{b.url}/api/v1/keys/{b.peer}/status", timeout=5).json()
+    st = b.http.get(f"{b.url}/api/v1/keys/{b.peer}/status", timeout=5).json()
     assert st["master_SAE_ID"] == "km0" and st["slave_SAE_ID"] == "km1"
     assert st["source_KME_ID"] == "km1" and st["key_size"] == 256
     h = a.health()
@@ -246,9 +266,9 @@ def test_eve_raises_the_qber_and_stops_key(link):
     assert any(p.get("kind") == "qkd_eve_changed" for _, p in seen)
     assert any(p.get("kind") == "qkd_block_aborted" for _, p in seen)
     # switched off through the module's own control endpoint: key flows again
-    r = requests.post(a.url + "/control/eve", json={"fraction": 0}, timeout=5)
+    r = a.http.post(a.url + "/control/eve", json={"fraction": 0}, timeout=5)
     assert r.json() == {"link": LINK, "eve_fraction": 0.0}
-    assert requests.post(b.url + "/control/eve", json={"fraction": 0},
+    assert b.http.post(b.url + "/control/eve", json={"fraction": 0},
                          timeout=5).status_code == 400
     # the block Alice was emitting when Eve left can be partly attacked (a QBER between the
     # clean value and the abort threshold still gives key): judge only a block sent wholly
@@ -286,3 +306,147 @@ def test_restarts_neither_lose_nor_duplicate_key(link):
     assert keys_of(b.post("dec_keys", {"key_IDs": [{"key_ID": k} for k in fresh]})) == fresh
     assert len({v for v in fresh.values()} | {v for v in held.values()}) == 10
     json.dumps(a.health())
+
+
+# -- finding L5: the module's API, its peer port and the quantum channel on the wire ----------
+
+def test_api_takes_no_request_without_the_token_but_health_and_metrics(link):
+    a, b, _, _ = link
+    wait_keys(a, 1)
+    wrong = {"Authorization": "Bearer " + "x" * 43}
+    for who, method, path, body in (
+            (a, "post", f"/api/v1/keys/{a.peer}/enc_keys", {"number": 1}),
+            (a, "get", f"/api/v1/keys/{a.peer}/status", None),
+            (b, "get", f"/api/v1/keys/{b.peer}/dec_keys?key_ID=x", None),
+            (a, "post", "/control/eve", {"fraction": 1.0})):
+        for headers in ({}, wrong):
+            r = requests.request(method, who.url + path, json=body, headers=headers, timeout=5)
+            assert r.status_code == 401 and "token" in r.json()["message"], (path, r.text)
+    assert a.health()["eve_fraction"] == 0.0  # nobody switched Eve on
+    assert requests.get(a.url + "/metrics", timeout=5).status_code == 200
+    for m in (a, b):
+        assert m.token_file.stat().st_mode & 0o777 == 0o600
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True when the module closes the connection within `seconds` (we send nothing more)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        sock.close()
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_peer_port_checks_the_source_first_and_bounds_the_hello(link):
+    a, b, _, _ = link
+    # a stranger is dropped before the module reads a byte (it used to wait 10 s for a hello)
+    stranger = socket.create_connection((b.addr, b.peer_port), timeout=5,
+                                        source_address=("127.0.0.9", 0))
+    assert _closed_within(stranger, 3.0)
+    # from the peer's address, a length field of 256 MiB allocates nothing and is refused
+    rss = _rss(b.proc.pid)
+    conns = [socket.create_connection((b.addr, b.peer_port), timeout=5,
+                                      source_address=(a.addr, 0)) for _ in range(3)]
+    for c in conns:
+        c.sendall(struct.pack(">I", 256 * 1024 * 1024 - 1) + b"\0" * 64)
+    assert all(_closed_within(c, 3.0) for c in conns)
+    assert _rss(b.proc.pid) - rss < 64 << 20
+    assert b.health()["status"] == "up"
+
+
+class Tap:
+    """A TCP relay between Alice and Bob that keeps what Alice sends on each connection
+    (a passive listener on the classical link). Bob sees Alice's address as the source."""
+
+    def __init__(self, listen: str, port: int, bob: str, alice: str) -> None:
+        self.ls = socket.create_server((listen, port))
+        self.bob, self.alice, self.port = bob, alice, port
+        self.streams: list[bytearray] = []
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self.ls.accept()
+                up = socket.create_connection((self.bob, self.port),
+                                              source_address=(self.alice, 0))
+            except OSError:
+                return
+            seen = bytearray()
+            self.streams.append(seen)
+            self.socks += [down, up]
+            threading.Thread(target=self._pump, args=(down, up, seen), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, down, None), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, seen: bytearray | None) -> None:
+        try:
+            while data := src.recv(65536):
+                if seen is not None and len(seen) < 8 << 20:
+                    seen += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.ls.close()
+        for s in self.socks:
+            s.close()
+
+
+def frames_read_by_a_sniffer(stream: bytes) -> list[dict]:
+    """Every module message a passive listener decodes from one direction of a connection."""
+    out, i = [], 0
+    while i + 4 <= len(stream):
+        (n,) = struct.unpack(">I", stream[i:i + 4])
+        if i + 4 + n > len(stream):
+            break
+        try:
+            out.append(wire.decode(stream[i + 4:i + 4 + n]))
+        except (ValueError, KeyError, TypeError):
+            break
+        i += 4 + n
+    return out
+
+
+def test_a_passive_listener_on_the_link_cannot_read_the_quantum_channel(tmp_path, test_ca):
+    port = free_port()
+    a = Module(tmp_path, None, test_ca, "a", port, me="127.0.0.12", other="127.0.0.15")
+    b = Module(tmp_path, None, test_ca, "b", port, me="127.0.0.13", other="127.0.0.12")
+    tap = Tap("127.0.0.15", port, "127.0.0.13", "127.0.0.12")
+    try:
+        b.start()
+        a.start()
+        wait_keys(a, 1)  # key flows through the tap
+        got = keys_of(a.post("enc_keys", {"number": 1}))
+        assert keys_of(b.post("dec_keys", {"key_IDs": [{"key_ID": k} for k in got]})) == got
+        msgs = [m for st in list(tap.streams) for m in frames_read_by_a_sniffer(bytes(st))]
+        assert any(m.get("type") == "hello" for m in msgs)  # the sniffer does read frames
+        frames = [m for m in msgs if m.get("type") == "frame"]
+        # each would hand over Alice's bit and basis of every detected slot: the raw key
+        assert not frames, f"the sniffer read {sum(len(f['state']) for f in frames)} " \
+                           f"photon states (bit, basis) in {len(frames)} channel frames"
+        assert max(len(st) for st in tap.streams) > 100_000  # the quantum stream went by
+    finally:
+        for m in (a, b):
+            m.stop()
+        tap.close()

@@ -1,6 +1,11 @@
 """Flask application factory of the Key Manager: ETSI 014, ETSI 004, KM-to-KM and the
 operational routes (/healthz, /metrics) on one HTTPS server.
 
+Operational routes (finding L5): ``/healthz`` answers everyone (liveness probes carry no
+certificate) but tells only ``{"ok": ...}`` unless the caller presents a node or operator
+certificate (OU ``node`` / ``operator``): link pools, sessions and alarms are for the lab's
+own elements. ``/metrics`` needs such a certificate (403 otherwise).
+
 Every non-2xx answer is JSON with a ``message`` (ETSI 014 error shape, ETSI 004 adds
 ``status``); no request ever gets a traceback.
 """
@@ -23,6 +28,12 @@ from qkdtwin.key_manager.manager import KeyManager
 
 log = logging.getLogger("qkdtwin.key_manager.http")
 KMAPI_MAX_BODY = 16 << 20
+OPERATIONAL_OUS = ("node", "operator")  # who may read health details and metrics
+
+
+def _lab_element() -> bool:
+    ident = g.get("identity")
+    return ident is not None and ident.ou in OPERATIONAL_OUS
 
 
 def create_app(km: KeyManager) -> Flask:
@@ -52,12 +63,14 @@ def create_app(km: KeyManager) -> Flask:
     @app.get("/healthz")
     def healthz() -> Response:
         state = km.health()
-        resp = jsonify(state)
+        resp = jsonify(state if _lab_element() else {"ok": state["ok"]})
         resp.status_code = 200 if state["ok"] else 503
         return resp
 
     @app.get("/metrics")
     def prom() -> Response:
+        if not _lab_element():
+            return error(403, "/metrics needs a node or operator client certificate")
         return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
     @app.errorhandler(RequestEntityTooLarge)

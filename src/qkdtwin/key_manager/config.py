@@ -21,6 +21,7 @@ class LinkConfig:
     module_url: str
     module_sae_id: str     # the SAE ID this KM names towards its module (the peer KM's)
     interface: str | None = None   # the node's interface on the link (SDN registration)
+    module_token_file: str | None = None  # the module's API token (qkd_module/api.py)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def parse_config(raw: dict[str, Any]) -> KmConfig:
         links.append(LinkConfig(link=link, peer=peer, side=side,
                                 peer_url=str(_req(m, "peer_url", w)).rstrip("/"),
                                 module_url=str(_req(m, "module_url", w)).rstrip("/"),
-                                module_sae_id=str(sae), interface=m.get("interface")))
+                                module_sae_id=str(sae), interface=m.get("interface"),
+                                module_token_file=m.get("module_token_file") or None))
     lim = raw.get("limits") or {}
     limits = Limits(**{k: _int(lim, k, getattr(Limits, k), "limits.") for k in
                        Limits.__dataclass_fields__})

@@ -14,6 +14,7 @@ import base64
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from qkdtwin.key_manager.config import LinkConfig, PoolConfig
@@ -40,6 +41,7 @@ class LinkPool:
         self._thread: threading.Thread | None = None
         self._rx_lock = threading.Lock()
         self._want = pc.batch
+        self._token: str | None = None  # the module's API token, read when first needed
 
     @property
     def link(self) -> str:
@@ -94,8 +96,7 @@ class LinkPool:
     def _pull(self, n: int, own: int = 0, peer: int = 0) -> int:
         url = f"{self.lc.module_url}/api/v1/keys/{self.lc.module_sae_id}/enc_keys"
         try:
-            data = self.modules.post(url, {"number": n, "size": self.pc.link_key_size},
-                                     timeout=10)
+            data = self._module_post(url, {"number": n, "size": self.pc.link_key_size})
         except PeerError as exc:
             if exc.status == 503:
                 # the module has not that much key yet (a real module answers all or nothing):
@@ -113,6 +114,20 @@ class LinkPool:
         self.store.add_link_keys(self.link, entries, state=0)
         self._sync([(k, o) for k, o, _ in entries])
         return len(entries)
+
+    def _module_post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to the module with its API token (read again once if refused: the module
+        creates the file at its first start, which may come after ours)."""
+        for fresh in (False, True):
+            if fresh or self._token is None:
+                self._token = _read_token(self.lc.module_token_file)
+            hdr = {"Authorization": f"Bearer {self._token}"} if self._token else None
+            try:
+                return self.modules.post(url, body, timeout=10, headers=hdr)
+            except PeerError as exc:
+                if exc.status != 401 or fresh:
+                    raise
+        raise AssertionError("unreachable")
 
     def _resend_pending(self) -> None:
         pending = self.store.pending_link_keys(self.link)
@@ -154,8 +169,7 @@ class LinkPool:
             missing = [k for k in owners if k not in have]
             if missing:
                 url = f"{self.lc.module_url}/api/v1/keys/{self.lc.module_sae_id}/dec_keys"
-                data = self.modules.post(url, {"key_IDs": [{"key_ID": k} for k in missing]},
-                                         timeout=10)
+                data = self._module_post(url, {"key_IDs": [{"key_ID": k} for k in missing]})
                 keys = dict(_parse_keys(data))
                 if set(keys) != set(missing):
                     raise PeerError("module returned other keys than asked for", 502)
@@ -164,6 +178,15 @@ class LinkPool:
         self.status = "up"
         self.on_change(self.link)
         return len(missing)
+
+
+def _read_token(path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise PeerError(f"cannot read the module's API token {path}: {exc}") from None
 
 
 def _parse_keys(data: dict[str, Any]) -> list[tuple[str, bytes]]:

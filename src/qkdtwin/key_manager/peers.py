@@ -32,8 +32,9 @@ class HttpClient:
         s.trust_env = False  # no proxies from the environment inside lab nodes
         self._s = s
 
-    def post(self, url: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-        return self._call("POST", url, json=body, timeout=timeout)
+    def post(self, url: str, body: dict[str, Any], timeout: float = 5.0,
+             headers: dict[str, str] | None = None) -> dict[str, Any]:
+        return self._call("POST", url, json=body, timeout=timeout, headers=headers)
 
     def put(self, url: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         return self._call("PUT", url, json=body, timeout=timeout)

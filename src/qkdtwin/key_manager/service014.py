@@ -161,17 +161,15 @@ class Etsi014Service(Part):
         if ident.ou != "sae":
             raise KmError("unauthorized", "client certificate is not an application (SAE)"
                           " certificate")
-        owners = {self.store.owner_of(k) for k in key_ids} - {None}
-        if any(o[1] != ident.cn for o in owners):  # keys exist but were made for someone else
-            self.metrics.refused.labels(reason="wrong_slave").inc()
-            raise KmError("unauthorized", f"SAE {ident.cn} is not the slave SAE these keys"
-                          " were made for")
+        # authorise first, and answer keys made for someone else like missing ones: a caller
+        # learns nothing about key IDs that are not its own
         self.establish.authenticate(ident, master)
         try:
             keys = self.store.take_by_ids(master, ident.cn, key_ids)
         except WrongOwner:
-            raise KmError("unauthorized", f"SAE {ident.cn} is not the slave SAE these keys"
-                          " were made for") from None
+            self.metrics.refused.labels(reason="wrong_slave").inc()
+            raise KmError("bad_request", "one or more keys specified are not found on KME"
+                          ) from None
         except NotFound:
             details = []
             for k in key_ids:

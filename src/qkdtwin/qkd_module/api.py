@@ -4,16 +4,27 @@
 SAE IDs: the KM of this node is the calling SAE; the path names the other SAE, which is the
 peer node's KM (enc_keys at the a end names the slave = peer, dec_keys at the b end names
 the master = peer). The a end offers enc_keys, the b end dec_keys; both offer status.
+
+Access: every ETSI 014 and `/control/` request carries `Authorization: Bearer <token>`, the
+token in the module's token file (`api_token_file`, default `<data_dir>/qkd-<link>.api-token`,
+created 0600 by the module at its first start; the KM's `module_token_file` names it). So a
+process on the node that cannot read that file can neither take keys nor switch Eve (the
+loopback port alone is no protection: every process of the node's namespace reaches it).
+`/healthz` and `/metrics` stay open on loopback: counters and link state, no key material.
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import logging
+import os
+import secrets
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -42,12 +53,41 @@ def _int(v: Any, name: str) -> int:
         raise ApiError(400, f"{name} must be an integer, got {v!r}") from None
 
 
+def load_token(path: Path) -> str:
+    """The API token in `path`, created (0600, random 256 bits) when the file is missing."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        token = path.read_text().strip()
+        if len(token) < 16:
+            raise OSError(f"API token file {path} holds no token") from None
+        return token
+    with os.fdopen(fd, "w") as f:
+        token = secrets.token_urlsafe(32)
+        f.write(token + "\n")
+    return token
+
+
+OPEN_PATHS = ("/healthz", "/metrics")
+
+
 class ModuleApi:
     def __init__(self, engine: Engine, health: Callable[[], dict[str, Any]]) -> None:
         self.engine = engine
         self.cfg = engine.cfg
         self.health = health
         self._server: ThreadingHTTPServer | None = None
+        self._token = b""
+
+    def authorize(self, path: str, header: str | None) -> None:
+        """401 unless the request carries the token (the open paths excepted)."""
+        if urlsplit(path).path in OPEN_PATHS:
+            return
+        scheme, _, given = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), self._token):
+            raise ApiError(401, "this request needs the module's API token (Authorization: "
+                                "Bearer, from the module's api_token_file)")
 
     # -- ETSI 014 ------------------------------------------------------------------------
 
@@ -168,6 +208,8 @@ class ModuleApi:
 
     def start(self) -> ModuleApi:
         outer = self
+        self.cfg.token_path.parent.mkdir(parents=True, exist_ok=True)
+        self._token = load_token(self.cfg.token_path).encode()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -175,6 +217,7 @@ class ModuleApi:
             def _do(self, method: str) -> None:
                 try:
                     body = None
+                    outer.authorize(self.path, self.headers.get("Authorization"))
                     if method == "POST":
                         n = int(self.headers.get("Content-Length") or 0)
                         if n > MAX_BODY:
@@ -189,6 +232,7 @@ class ModuleApi:
                     code, data, ctype = outer.route(method, self.path, body)
                 except ApiError as exc:
                     code, ctype = exc.code, "application/json"
+                    self.close_connection = exc.code == 401  # its body was not read
                     data = json.dumps({"message": str(exc)}).encode()
                 except Exception:
                     log.exception("request %s %s failed", method, self.path)

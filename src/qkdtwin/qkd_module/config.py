@@ -10,6 +10,7 @@ from typing import Any
 
 from qkdtwin.bus import BrokerConfig
 from qkdtwin.errors import UserError
+from qkdtwin.qkd_module.peerlink import PeerTls
 from qkdtwin.quantum import keyrate
 from qkdtwin.quantum.params import LinkParams
 
@@ -25,7 +26,7 @@ class ModuleConfig:
     local_ipv4: str           # this end's p2p address
     peer_ipv4: str            # the other end's p2p address
     peer_port: int            # Bob listens here; Alice connects from local_ipv4
-    host: str                 # ETSI 014 + /healthz + /metrics (loopback)
+    host: str                 # ETSI 014, /control/eve (token), /healthz, /metrics (loopback)
     port: int
     data_dir: Path
     params: LinkParams
@@ -41,6 +42,12 @@ class ModuleConfig:
     max_stored_bits: int = 512 * 1024 * 1024
     rate_window_s: float = 10.0
     undelivered_ttl_s: float = 3600.0  # b end: assigned keys never fetched are dropped after
+    tls: PeerTls | None = None         # the quantum connection's mutual TLS (peerlink.py)
+    api_token_file: Path | None = None  # bearer token of the API (default: in data_dir)
+
+    @property
+    def token_path(self) -> Path:
+        return self.api_token_file or self.data_dir / f"qkd-{self.link}.api-token"
 
     @property
     def is_alice(self) -> bool:
@@ -132,6 +139,10 @@ def parse_config(raw: dict[str, Any]) -> ModuleConfig:
         if not isinstance(b, dict) or not b.get("host"):
             raise UserError("qkd_module config: broker must be a mapping with host")
         broker = BrokerConfig.from_dict(b)
+    tls = raw.get("tls")
+    if tls is not None and (not isinstance(tls, dict)
+                            or not all(tls.get(k) for k in ("ca", "cert", "key"))):
+        raise UserError("qkd_module config: tls must be a mapping {ca, cert, key}")
     cfg = ModuleConfig(
         node=str(_req(raw, "node")), link=str(_req(raw, "link")), side=side,
         peer=str(_req(raw, "peer")), local_ipv4=_addr(raw, "local_ipv4"),
@@ -148,6 +159,8 @@ def parse_config(raw: dict[str, Any]) -> ModuleConfig:
         max_key_per_request=_num(raw, "max_key_per_request", 1024, 1, 1 << 20, True),
         rate_window_s=_num(raw, "rate_window_s", 10.0, 1.0, 3600),
         undelivered_ttl_s=_num(raw, "undelivered_ttl_s", 3600.0, 1.0, 1e7),
+        tls=PeerTls(str(tls["ca"]), str(tls["cert"]), str(tls["key"])) if tls else None,
+        api_token_file=Path(str(raw["api_token_file"])) if raw.get("api_token_file") else None,
     )
     if cfg.key_size % 8:
         raise UserError("qkd_module config: key_size must be a multiple of 8")

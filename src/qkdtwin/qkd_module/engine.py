@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from qkdtwin.qkd_module import peerlink as pl
 from qkdtwin.qkd_module.config import ModuleConfig
 from qkdtwin.qkd_module.endpoint import Endpoint, PeerGone, RemoteError
 from qkdtwin.qkd_module.framing import FramedSocket, FrameError, pack_channel, unpack_channel
@@ -38,20 +39,9 @@ from qkdtwin.quantum.postprocess import AlicePostProcessor, BobPostProcessor, Pa
 
 log = logging.getLogger("qkdtwin.qkd_module")
 
-PROTOCOL_VERSION = 1
 MAX_FRAME_PULSES = 10_000_000
 PP_TIMEOUT_S = 60.0
 EventFn = Callable[..., None]
-
-
-def _tune(sock: socket.socket) -> None:
-    """Notice a vanished peer within seconds even when nothing is being sent."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for opt, val in (("TCP_KEEPIDLE", 3), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3),
-                     ("TCP_USER_TIMEOUT", 15000)):
-        if hasattr(socket, opt):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
 
 
 def key_bytes(result: PartyResult) -> bytes:
@@ -163,13 +153,16 @@ class Alice(Engine):
             sock.settimeout(5.0)
             sock.bind((c.local_ipv4, 0))
             sock.connect((c.peer_ipv4, c.peer_port))
+            pl.tune(sock)
+            if channel == "quantum" and c.tls is not None:
+                sock = c.tls.wrap(sock, c.peer, server=False)
             sock.settimeout(None)
-            _tune(sock)
         except OSError:
             sock.close()
             raise
         fs = FramedSocket(sock)
-        fs.send({"type": "hello", "version": PROTOCOL_VERSION, "link": c.link,
+        fs.max_frame = pl.HELLO_MAX
+        fs.send({"type": "hello", "version": pl.PROTOCOL_VERSION, "link": c.link,
                  "channel": channel, "session": sid, **extra})
         sock.settimeout(10.0)
         rep = fs.recv()
@@ -178,6 +171,8 @@ class Alice(Engine):
             fs.close()
             raise RemoteError(f"peer refused the {channel} connection: {rep.get('message')}")
         fs.hello = rep  # type: ignore[attr-defined]
+        # Alice only sends on the quantum connection
+        fs.max_frame = pl.HELLO_MAX if channel == "quantum" else pl.CLASSICAL_MAX
         return fs
 
     def _session(self) -> None:
@@ -404,13 +399,23 @@ class Bob(Engine):
 
     def _accept(self, sock: socket.socket, addr: tuple) -> None:
         c = self.cfg
+        if addr[0] != c.peer_ipv4:  # before reading a byte: nothing from strangers
+            log.warning("refused a peer connection from %s: the peer of %s is %s", addr[0],
+                        c.link, c.peer_ipv4, extra={"link": c.link})
+            sock.close()
+            return
         fs = FramedSocket(sock)
         try:
-            _tune(sock)
+            pl.tune(sock)
             sock.settimeout(10.0)
+            # a TLS ClientHello starts with 0x16, a frame of a hello with a zero length byte
+            tls = c.tls is not None and sock.recv(1, socket.MSG_PEEK) == b"\x16"
+            if tls:
+                fs = FramedSocket(c.tls.wrap(sock, c.peer, server=True))  # type: ignore
+            fs.max_frame = pl.HELLO_MAX
             hello = fs.recv()
-            sock.settimeout(None)
-            why = self._check_hello(hello, addr)
+            fs.sock.settimeout(None)
+            why = pl.check_hello(c.link, c.block_pulses, c.tls is not None, hello, tls)
             if why:
                 fs.send({"type": "hello_error", "message": why})
                 fs.close()
@@ -418,6 +423,7 @@ class Bob(Engine):
                             extra={"link": c.link})
                 return
             if hello["channel"] == "classical":
+                fs.max_frame = pl.CLASSICAL_MAX
                 self._new_session(fs, hello)
             else:
                 self._attach_quantum(fs, hello)
@@ -425,21 +431,6 @@ class Bob(Engine):
             log.warning("peer handshake from %s failed: %s", addr[0], exc,
                         extra={"link": c.link})
             fs.close()
-
-    def _check_hello(self, h: dict[str, Any], addr: tuple) -> str:
-        c = self.cfg
-        if h.get("type") != "hello" or h.get("version") != PROTOCOL_VERSION:
-            return "not a qkdtwin module hello of protocol version 1"
-        if h.get("link") != c.link:
-            return f"this module serves link {c.link}, not {h.get('link')}"
-        if addr[0] != c.peer_ipv4:
-            return f"peer connections for {c.link} come from {c.peer_ipv4}, not {addr[0]}"
-        if h.get("channel") not in ("classical", "quantum"):
-            return f"unknown channel {h.get('channel')!r}"
-        if h["channel"] == "classical" and int(h.get("block_pulses", -1)) != c.block_pulses:
-            return (f"block size mismatch: peer uses {h.get('block_pulses')} pulses per block, "
-                    f"this end {c.block_pulses} (different vars.qkd at the two ends?)")
-        return ""
 
     def _new_session(self, fs: FramedSocket, hello: dict[str, Any]) -> None:
         c = self.cfg
@@ -466,6 +457,7 @@ class Bob(Engine):
             fs.close()
             return
         fs.send({"type": "hello_ok"})
+        fs.max_frame = pl.quantum_frame_max(MAX_FRAME_PULSES)
         s.quantum = fs
         eve_cell = [self.cfg.params.eve_fraction]
         rx = threading.Thread(target=self._receive, args=(s, eve_cell), daemon=True,

@@ -2,9 +2,12 @@
 
 A frame is a 4-byte big-endian payload length followed by the payload, which is one
 `qkdtwin.quantum.wire` message (JSON header + raw numpy buffers). Frames larger than
-`MAX_FRAME` are refused (a garbled or hostile stream closes the connection instead of
-allocating memory). Channel frames use a compact form (`pack_channel`): slot positions as
-gaps in the smallest unsigned type that holds them, basis/value/multi in one byte.
+the connection's `max_frame` (at most `MAX_FRAME`; the engine bounds it by the frame types
+it expects: a hello, a channel frame of the configured size) are refused, and a frame's
+buffer grows with the bytes that actually arrive, so a length field alone allocates
+nothing (a garbled or hostile stream closes the connection instead of allocating memory).
+Channel frames use a compact form (`pack_channel`): slot positions as gaps in the smallest
+unsigned type that holds them, basis/value/multi in one byte.
 """
 
 from __future__ import annotations
@@ -27,16 +30,20 @@ class FrameError(ConnectionError):
     """The peer sent something that is not a valid frame, or the connection closed."""
 
 
+_CHUNK = 1 << 20
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
+    """`n` bytes; memory is taken chunk by chunk as they arrive, not up front."""
+    parts: list[bytes] = []
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
+        part = sock.recv(min(n - got, _CHUNK))
+        if not part:
             raise FrameError("connection closed by peer")
-        got += k
-    return bytes(buf)
+        parts.append(part)
+        got += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class FramedSocket:
@@ -47,6 +54,7 @@ class FramedSocket:
         self._wlock = threading.Lock()
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.max_frame = MAX_FRAME  # set per connection by what the next frames can be
 
     def send(self, msg: dict[str, Any]) -> None:
         data = wire.encode(msg)
@@ -56,8 +64,9 @@ class FramedSocket:
 
     def recv(self) -> dict[str, Any]:
         (n,) = _LEN.unpack(_recv_exact(self.sock, 4))
-        if n > MAX_FRAME:
-            raise FrameError(f"frame of {n} bytes exceeds the limit of {MAX_FRAME}")
+        limit = min(self.max_frame, MAX_FRAME)
+        if n > limit:
+            raise FrameError(f"frame of {n} bytes exceeds the limit of {limit}")
         data = _recv_exact(self.sock, n)
         self.bytes_received += n + 4
         try:

@@ -94,7 +94,8 @@ class KmCluster:
             stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def health(self, n: str) -> dict[str, Any]:
-        r = requests.get(f"{self.url(n)}/healthz", verify=self.ca.ca, timeout=2)
+        r = requests.get(f"{self.url(n)}/healthz", verify=self.ca.ca, timeout=2,
+                         cert=(self.ids[n].cert, self.ids[n].key))  # details: node cert
         return r.json()
 
     def wait_healthy(self, n: str, pools: bool = True, timeout: float = 20.0) -> None:
