@@ -28,7 +28,7 @@ QKD = {"protocol": "bb84-decoy", "length_km": 5, "source_rate_hz": 1.0e8, "mu": 
 def start_module(root, broker, ca, side, peer_port):
     node, peer = ("km0", "km1") if side == "a" else ("km1", "km0")
     me, other = ("127.0.0.2", "127.0.0.3") if side == "a" else ("127.0.0.3", "127.0.0.2")
-    ident = ca.issue(f"{node}-qkd", ou="node")
+    ident = ca.issue(node, ou="node")  # the node certificate, as deployed
     port = free_port()
     cfg = root / f"qkd-{node}.yml"
     cfg.write_text(yaml.safe_dump({
@@ -36,6 +36,7 @@ def start_module(root, broker, ca, side, peer_port):
         "peer_ipv4": other, "peer_port": peer_port,
         "listen": {"host": "127.0.0.1", "port": port}, "data_dir": str(root / f"qkd-{node}"),
         "qkd": QKD, "telemetry_interval_s": 1.0, "log_level": "warning",
+        "tls": {"ca": ca.ca, "cert": ident.cert, "key": ident.key},
         "broker": {"host": "127.0.0.1", "port": broker.port, "ca": ca.ca,
                    "cert": ident.cert, "key": ident.key}}))
     proc = subprocess.Popen([sys.executable, "-m", "qkdtwin.qkd_module", "--config", str(cfg)],
@@ -71,6 +72,9 @@ def test_km_pair_over_real_qkd_modules(tmp_path, test_ca):
                                        ident.key), users, [("km0", "km1")]).start()
         cluster = KmCluster(tmp_path, test_ca, broker.port, [("km0", "km1")],
                             module_urls={"km0-km1": (ua, ub)},
+                            module_tokens={"km0-km1": tuple(  # type: ignore[dict-item]
+                                str(tmp_path / f"qkd-{n}" / "qkd-km0-km1.api-token")
+                                for n in ("km0", "km1"))},
                             extra={"prefetch_keys": 4, "pool": {"batch": 64, "low_keys": 64}})
         for n in cluster.nodes:
             cluster.start_node(n)

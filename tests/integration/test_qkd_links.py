@@ -52,14 +52,19 @@ MAX_WINDOW_S = 150.0   # a loaded machine emulates slower than real time: wait a
 class Api:
     """ETSI 014 / healthz of one module, called inside its node's namespace."""
 
-    def __init__(self, lab, node: str, port: int, peer: str) -> None:
+    def __init__(self, lab, node: str, port: int, peer: str, link: str) -> None:
         self.ns = lab.lab.namespace(node)
         self.node = node
         self.peer = peer
         self.base = f"http://127.0.0.1:{port}"
+        # the module's API token, where the KM reads it (role qkd_module)
+        self.token_file = f"{lab.hostvars(node)['qkdtwin_data_dir']}/qkd-{link}.api-token"
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        token = subprocess.run(["ip", "netns", "exec", self.ns, "cat", self.token_file],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
         argv = ["ip", "netns", "exec", self.ns, "curl", "-s", "-m", "30", "-X", method,
+                "-H", f"Authorization: Bearer {token}",
                 "-w", "\n%{http_code}", self.base + path]
         if body is not None:
             argv += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
@@ -80,8 +85,8 @@ def link_apis(lab, link: dict) -> tuple[Api, Api]:
     def port(node: str) -> int:
         ids = [lk["id"] for lk in lab.hostvars(node)["qkdtwin_node_qkd_links"]]
         return API_BASE_PORT + ids.index(link["id"])
-    return (Api(lab, link["a"], port(link["a"]), link["b"]),
-            Api(lab, link["b"], port(link["b"]), link["a"]))
+    return (Api(lab, link["a"], port(link["a"]), link["b"], link["id"]),
+            Api(lab, link["b"], port(link["b"]), link["a"], link["id"]))
 
 
 # this file polls every 0.5 s

@@ -13,6 +13,7 @@ real system authenticates them; docs/quantum.md).
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class PeerTls:
     cert: str
     key: str
 
+    @functools.lru_cache(maxsize=2)  # noqa: B019 (two per module process, kept for its life)
     def _context(self, server: bool) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3

@@ -30,6 +30,7 @@ class KmCluster:
                  links: list[tuple[str, str]], rate_keys_per_s: float | None = None,
                  rates: dict[str, float] | None = None,
                  module_urls: dict[str, tuple[str, str]] | None = None,
+                 module_tokens: dict[str, tuple[str, str]] | None = None,
                  extra: dict[str, Any] | None = None,
                  per_km: dict[str, dict[str, Any]] | None = None) -> None:
         self.dir = Path(directory)
@@ -59,6 +60,9 @@ class KmCluster:
                 mods.append({"link": f"{a}-{b}", "peer": peer,
                              "peer_url": f"https://127.0.0.1:{self.ports[peer]}",
                              "module_url": ua if n == a else ub})
+                if f"{a}-{b}" in (module_tokens or {}):  # real modules: their API tokens
+                    ta, tb = module_tokens[f"{a}-{b}"]  # type: ignore[index]
+                    mods[-1]["module_token_file"] = ta if n == a else tb
             cfg: dict[str, Any] = {
                 "node": n, "listen": {"host": "127.0.0.1", "port": self.ports[n]},
                 "tls": {"ca": ca.ca, "cert": self.ids[n].cert, "key": self.ids[n].key},
