@@ -3,7 +3,7 @@
 A frame is a 4-byte big-endian payload length followed by the payload, which is one
 `qkdtwin.quantum.wire` message (JSON header + raw numpy buffers). Frames larger than
 the connection's `max_frame` (at most `MAX_FRAME`; the engine bounds it by the frame types
-it expects: a hello, a channel frame of the configured size) are refused, and a frame's
+it expects: a hello, a channel frame of at most 10^7 pulses) are refused, and a frame's
 buffer grows with the bytes that actually arrive, so a length field alone allocates
 nothing (a garbled or hostile stream closes the connection instead of allocating memory).
 Channel frames use a compact form (`pack_channel`): slot positions as gaps in the smallest
