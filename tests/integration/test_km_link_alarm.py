@@ -167,7 +167,9 @@ def test_no_key_that_crossed_a_link_is_delivered_after_its_alarm(lab):
         lab, "km2", "SELECT via FROM delivered WHERE ts >= ?", t_alarm)
     assert len(since) == 2 * 5 + 3
     assert {v for (v,) in since} == {"|km0-km1|km1-km2|"}
-    m = requests.get(f"{u2}/metrics", verify=lab["ca"].ca, timeout=5).text
+    node = lab["cluster"].ids["km2"]  # /metrics is for the lab's own elements
+    m = requests.get(f"{u2}/metrics", verify=lab["ca"].ca, cert=(node.cert, node.key),
+                     timeout=5).text
     assert f'qkdtwin_km_keys_withdrawn_total{{link="{L}",side="dst"}}' in m
 
     # -- clear: the link carries key again -------------------------------------------------
