@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +27,14 @@ from qkdtwin.key_manager.shared import Part, Shared
 
 log = logging.getLogger("qkdtwin.key_manager")
 MAX_RUN_AHEAD = 1024  # ETSI 004: how far beyond the stream's front an index may be asked
+# Test-only fault hook: with QKDTWIN_KM_FAULT=get_key_taken the KM SIGKILLs itself right after
+# a GET_KEY took its chunk, before answering (tests/integration/test_km_sessions.py, L1).
+FAULT_ENV = "QKDTWIN_KM_FAULT"
+
+
+def _fault(point: str) -> None:
+    if os.environ.get(FAULT_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -165,6 +175,7 @@ class Etsi004Service(Part):
                     return None
                 return self._get_chunk(s, ident, side, pos_name, index, meta_size)  # -> 410
             return {"status": 2, "message": "insufficient key available", "index": idx}
+        _fault("get_key_taken")
         with self.store.tx() as db:
             cur = self.store.counter(pos_name)
             if idx >= cur:

@@ -90,9 +90,10 @@ class KmCluster:
             self.wait_healthy(n, pools=wait_pools)
         return self
 
-    def start_node(self, n: str) -> None:
+    def start_node(self, n: str, env: dict[str, str] | None = None) -> None:
+        """Start KM ``n`` (``env``: extra environment, e.g. a test's fault hook)."""
         log = open(self.dir / f"{n}.log", "ab")
-        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        env = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
         self.procs[n] = subprocess.Popen(
             [sys.executable, "-m", "qkdtwin.key_manager", "--config", str(self.configs[n])],
             stdout=log, stderr=subprocess.STDOUT, env=env)
