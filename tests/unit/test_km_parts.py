@@ -203,6 +203,22 @@ def test_keystore_chunks_per_side(tmp_path):
     ks.close()
 
 
+def test_keystore_take_chunk_moves_the_position_in_the_same_transaction(tmp_path):
+    """Finding L1: the chunk and the side's position change together (never one alone)."""
+    ks = KeyStore(tmp_path / "km.sqlite")
+    ks.put_e2e_keys("src", [E2EKey(f"s:{i}", "s", i, 256, "a", "b", b"x" * 32)
+                            for i in (0, 3, 1)])
+    assert ks.take_chunk("s", "src", 0, "a", "pos:s:src").idx == 0
+    assert ks.counter("pos:s:src") == 1
+    assert ks.take_chunk("s", "src", 3, "a", "pos:s:src").idx == 3  # ran ahead
+    assert ks.counter("pos:s:src") == 4
+    assert ks.take_chunk("s", "src", 1, "a", "pos:s:src").idx == 1  # behind: stays
+    assert ks.counter("pos:s:src") == 4
+    assert ks.take_chunk("s", "src", 5, "a", "pos:s:src") is None  # none: nothing moves
+    assert ks.counter("pos:s:src") == 4
+    ks.close()
+
+
 BASE = {"node": "km0", "tls": {"ca": "ca", "cert": "c", "key": "k"}, "data_dir": "/tmp/x",
         "modules": [{"link": "km0-km1", "peer": "km1", "peer_url": "https://10.0.0.2:8443/",
                      "module_url": "http://127.0.0.1:9001"},

@@ -397,8 +397,11 @@ class KeyStore:
                                    " side='dst'", (key_id,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def take_chunk(self, session_id: str, side: str, idx: int, sae: str) -> E2EKey | None:
-        """ETSI 004 GET_KEY: the chunk at ``idx`` for this side's application, once."""
+    def take_chunk(self, session_id: str, side: str, idx: int, sae: str,
+                   position: str | None = None) -> E2EKey | None:
+        """ETSI 004 GET_KEY: the chunk at ``idx`` for this side's application, once. The
+        side's ``position`` counter moves past ``idx`` in the same transaction (a crash cannot
+        leave a delivered chunk at the next position)."""
         with self.tx() as db:
             row = db.execute("SELECT key_id, size, master, slave, key, via FROM e2e_keys WHERE"
                              " session_id=? AND side=? AND idx=?", (session_id, side, idx)
@@ -407,6 +410,12 @@ class KeyStore:
                 return None
             key = E2EKey(row[0], session_id, idx, row[1], row[2], row[3], row[4], row[5])
             self._deliver(db, session_id, side, sae, [key])
+            if position is not None:
+                got = db.execute("SELECT value FROM counters WHERE name=?", (position,)
+                                 ).fetchone()
+                cur = got[0] if got else 0
+                if idx >= cur:
+                    self.bump(db, position, idx + 1 - cur)
         return key
 
     def was_delivered(self, key_id: str, side: str) -> bool:

@@ -164,7 +164,7 @@ class Etsi004Service(Part):
                     " (non-ETSI status)", "retry_after_s": round(s.bucket.retry_after(bits), 3)}
         self.sessions.begin_exchange(s)
         try:
-            chunk = self._take_chunk(s, side, idx, ident.cn, s.qos.get("timeout"))
+            chunk = self._take_chunk(s, side, idx, ident.cn, s.qos.get("timeout"), pos_name)
         finally:
             self.sessions.end_exchange(s)
         if chunk is None:
@@ -175,11 +175,7 @@ class Etsi004Service(Part):
                     return None
                 return self._get_chunk(s, ident, side, pos_name, index, meta_size)  # -> 410
             return {"status": 2, "message": "insufficient key available", "index": idx}
-        _fault("get_key_taken")
-        with self.store.tx() as db:
-            cur = self.store.counter(pos_name)
-            if idx >= cur:
-                self.store.bump(db, pos_name, idx + 1 - cur)
+        _fault("get_key_taken")  # the chunk and the position moved on in one transaction
         self.control.key_request(sid, bits)
         self.control.event("keys_delivered", sid, gate_s=0.2, api="004", sae_id=ident.cn,
                            index=idx)
@@ -190,12 +186,12 @@ class Etsi004Service(Part):
                 "metadata": meta}
 
     def _take_chunk(self, s: Session, side: str, idx: int, sae: str,
-                    timeout_ms: Any) -> E2EKey | None:
+                    timeout_ms: Any, pos_name: str) -> E2EKey | None:
         wait = self.cfg.request_wait_s
         if isinstance(timeout_ms, int | float) and timeout_ms > 0:
             wait = min(wait, timeout_ms / 1000.0)
         deadline = time.monotonic() + wait
-        chunk = self.store.take_chunk(s.session_id, side, idx, sae)
+        chunk = self.store.take_chunk(s.session_id, side, idx, sae, pos_name)
         asked = False
         while chunk is None and time.monotonic() < deadline and s.live:
             if not asked:
@@ -203,7 +199,7 @@ class Etsi004Service(Part):
                 self.demand_chunks(s, idx)
             with self.arrivals:
                 self.arrivals.wait(min(0.05, max(0.0, deadline - time.monotonic())))
-            chunk = self.store.take_chunk(s.session_id, side, idx, sae)
+            chunk = self.store.take_chunk(s.session_id, side, idx, sae, pos_name)
             if chunk is None and self.store.withdrawal(f"{s.session_id}:{idx}", side):
                 break
         return chunk
