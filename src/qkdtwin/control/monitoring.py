@@ -25,11 +25,21 @@ reach the p2p links, so it measures the TCP handshake time to each KM's mgmt add
 (``rtt_port``, 8443; then a clean mTLS ``GET /healthz`` with the node certificate unless
 ``rtt_tls: false``) as the control-channel RTT (``/metrics``, ``km_unreachable`` events) and
 forwards a link's RTT only when KMs report ``rtt_ms`` in their telemetry.
+
+Who a sample is from (finding M1): the broker's ACL lets a node write only under
+``telemetry/<its node>/``, so the node and the link are taken from the topic, never from the
+payload. A sample is refused (logged and dropped by the bus, with its reason) when its payload
+names another node or link than its topic, when the link is not a PHYS link of the retained
+topology, or when the topic's node does not end that link: one KM cannot raise or clear an
+alarm on a link it does not end, and only the topology's links are ever tracked (the state
+is bounded by the topology). The periodic loops survive any error of one link's round.
 """
+
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import ssl
 import sys
@@ -46,6 +56,8 @@ from qkdtwin.control.common import Element
 from qkdtwin.service import run_service
 from qkdtwin.sqlite import open_db
 
+log = logging.getLogger("qkdtwin.control.monitoring")
+TELEMETRY_PREFIX = bus.telemetry("", "")[:-1]  # "qkd/v1/telemetry/"
 DOWN_STATUS = ("down", "error", "failed", "stopped")
 SEVERITY = {"clear": 0, "qber_suspicious": 1, "qber_high": 2, "link_down": 3}
 
@@ -86,7 +98,7 @@ class Monitoring(Element):
             if config.get("rtt_tls", True) else None
         self.lock = threading.RLock()
         self.links: dict[str, LinkState] = {}
-        self.topo_links: set[str] = set()
+        self.topo_links: dict[str, frozenset[str]] = {}  # PHYS link -> the nodes it ends at
         self.kms: dict[str, str | None] = {}
         self.km_rtt: dict[str, float | None] = {}
         self._db = open_db(config.get("db") or self.data_dir / "monitoring.db", wal=False)
@@ -135,22 +147,46 @@ class Monitoring(Element):
 
     def on_topology(self, topic: str, p: dict[str, Any], msg: Message) -> None:
         topo = m.decode(p, m.Topology)
+        links = {str(lk["id"]): frozenset((str(lk.get("a")), str(lk.get("b"))))
+                 for lk in topo.links if isinstance(lk, dict) and "id" in lk
+                 and lk.get("type", "PHYS") == "PHYS"}
         with self.lock:
-            self.topo_links = {lk["id"] for lk in topo.links
-                               if isinstance(lk, dict) and lk.get("type", "PHYS") == "PHYS"}
+            self.topo_links = links
             self.kms = {n["id"]: n.get("mgmt_ipv4") for n in topo.nodes
                         if isinstance(n, dict) and "id" in n}
+            for gone in set(self.links) - set(links):  # only the topology's links are kept
+                self.links.pop(gone, None)
+
+    def sender(self, topic: str, t: m.ModuleTelemetry | m.KmTelemetry) -> tuple[str, str]:
+        """(node, link) of a sample, from its topic (bound to the publisher by the broker's
+        ACL); BadMessage when the payload or the topology disagree."""
+        rest = topic[len(TELEMETRY_PREFIX):] if topic.startswith(TELEMETRY_PREFIX) else ""
+        node, _, link = rest.partition("/")
+        if not node or not link or "/" in link:
+            raise m.BadMessage(f"telemetry on an unexpected topic {topic!r}", "telemetry")
+        if t.link != link or (t.node and t.node != node):
+            raise m.BadMessage(f"telemetry of node {t.node!r} link {t.link!r} published on"
+                               f" the topic of node {node!r} link {link!r}", "telemetry")
+        with self.lock:
+            ends = self.topo_links.get(link)
+        if ends is None:
+            raise m.BadMessage(f"telemetry of link {link!r}, not a PHYS link of the topology",
+                               "telemetry")
+        if node not in ends:
+            raise m.BadMessage(f"telemetry of link {link!r} from node {node!r}, which does not"
+                               " end it", "telemetry")
+        return node, link
 
     def on_telemetry(self, topic: str, p: dict[str, Any], msg: Message) -> None:
         t = m.decode_telemetry(p)
-        link = t.link
+        node, link = self.sender(topic, t)
         self.count("telemetry")
         now = time.time()
         with self.lock:
             st = self.links.setdefault(link, LinkState())
             if isinstance(t, m.KmTelemetry):
                 if t.pool_bits is not None:
-                    st.pool[t.node] = t.pool_bits
+                    st.pool[node] = t.pool_bits
                 if t.sessions is not None:
                     st.sessions = t.sessions
                 if t.rtt_ms is not None:
@@ -230,12 +266,18 @@ class Monitoring(Element):
             with self.lock:
                 names = list(self.links)
             for link in names:
-                self.evaluate(link, now)
-                self.send_metrics(link)
+                try:  # one link's failure must not end link-down detection for all
+                    self.evaluate(link, now)
+                    self.send_metrics(link)
+                except Exception:
+                    log.exception("monitoring round of link %s failed", link,
+                                  extra={"link": link})
 
     def send_metrics(self, link: str) -> None:
         with self.lock:
-            st = self.links[link]
+            st = self.links.get(link)
+            if st is None:
+                return
             stored = min(st.pool.values()) if st.pool else st.stored
             alarm = self.alarms.get(link, {}).get("kind")
             body = m.LinkMetrics(link=link, skr_bps=st.skr, qber=st.qber, stored_bits=stored,
@@ -248,17 +290,23 @@ class Monitoring(Element):
             with self.lock:
                 targets = {n: a for n, a in self.kms.items() if a}
             for node, addr in targets.items():
-                rtt = tcp_rtt_ms(addr, self.rtt_port, self.probe_tls)
-                was = self.km_rtt.get(node, 0.0)
-                self.km_rtt[node] = rtt
-                if rtt is None:
-                    self.g_rtt.labels(node).set(-1)
-                    if was is not None:
-                        self.event("km_unreachable", node=node, addr=addr, port=self.rtt_port)
-                else:
-                    self.g_rtt.labels(node).set(rtt)
-                    if was is None:
-                        self.event("km_reachable", node=node, rtt_ms=round(rtt, 3))
+                try:
+                    self._probe(node, addr)
+                except Exception:
+                    log.exception("RTT probe of %s failed", node, extra={"node": node})
+
+    def _probe(self, node: str, addr: str) -> None:
+        rtt = tcp_rtt_ms(addr, self.rtt_port, self.probe_tls)
+        was = self.km_rtt.get(node, 0.0)
+        self.km_rtt[node] = rtt
+        if rtt is None:
+            self.g_rtt.labels(node).set(-1)
+            if was is not None:
+                self.event("km_unreachable", node=node, addr=addr, port=self.rtt_port)
+        else:
+            self.g_rtt.labels(node).set(rtt)
+            if was is None:
+                self.event("km_reachable", node=node, rtt_ms=round(rtt, 3))
 
 
 def tcp_rtt_ms(host: str, port: int, tls: ssl.SSLContext | None = None,
