@@ -1,5 +1,6 @@
 """Flask application factory of the Key Manager: ETSI 014, ETSI 004, KM-to-KM and the
-operational routes (/healthz, /metrics) on one HTTPS server.
+operational routes (/healthz, /metrics) and the OpenAPI documents (/api/v1/openapi/…) on
+one HTTPS server.
 
 Operational routes (finding L5): ``/healthz`` answers everyone (liveness probes carry no
 certificate) but tells only ``{"ok": ...}`` unless the caller presents a node or operator
@@ -25,6 +26,7 @@ from qkdtwin.key_manager.etsi014 import bp as etsi014
 from qkdtwin.key_manager.http import error
 from qkdtwin.key_manager.kmapi import bp as kmapi
 from qkdtwin.key_manager.manager import KeyManager
+from qkdtwin.key_manager.openapi import bp as openapi
 
 log = logging.getLogger("qkdtwin.key_manager.http")
 KMAPI_MAX_BODY = 16 << 20
@@ -44,6 +46,7 @@ def create_app(km: KeyManager) -> Flask:
     app.register_blueprint(etsi014)
     app.register_blueprint(etsi004)
     app.register_blueprint(kmapi)
+    app.register_blueprint(openapi)
     metrics = km.metrics
 
     @app.before_request
