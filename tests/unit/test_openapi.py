@@ -127,3 +127,24 @@ def test_km_serves_the_documents_of_docs(tmp_path, test_ca):
         assert r.status_code == 404 and "etsi014" in r.get_json()["message"]
     finally:
         km.store.close()
+
+
+def test_a_method_the_document_does_not_list_gets_405_with_allow(tmp_path, test_ca):
+    """RFC 9110: a 405 names the allowed methods (schemathesis's unsupported_method check
+    found the KM's JSON 405 without ``Allow``)."""
+    node = test_ca.issue("km9", ou="node")
+    km = KeyManager(parse_config({
+        "node": "km9", "listen": {"host": "127.0.0.1", "port": 0},
+        "tls": {"ca": test_ca.ca, "cert": node.cert, "key": node.key},
+        "data_dir": str(tmp_path / "km9")}))
+    try:
+        c = create_app(km).test_client()
+        for method, path, allowed in (("TRACE", "/api/v1/keys/sae-b/status", {"GET"}),
+                                      ("PUT", "/api/v1/keys/sae-b/enc_keys", {"GET", "POST"}),
+                                      ("GET", "/api/v1/qkd004/get_key", {"POST"})):
+            r = c.open(path, method=method)
+            assert r.status_code == 405 and r.get_json()["message"], (method, path)
+            assert "Allow" in r.headers, f"{method} {path}: 405 without Allow"
+            assert allowed <= {m.strip() for m in r.headers["Allow"].split(",")}, r.headers
+    finally:
+        km.store.close()

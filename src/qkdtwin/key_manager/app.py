@@ -93,7 +93,11 @@ def create_app(km: KeyManager) -> Flask:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
-        return error(exc.code or 400, exc.description or exc.name)
+        resp = error(exc.code or 400, exc.description or exc.name)
+        for name, value in exc.get_headers():  # e.g. Allow on 405 (RFC 9110)
+            if name.lower() != "content-type":
+                resp.headers[name] = value
+        return resp
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
