@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.support.km_cluster import km_lab
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = {"sae-a": {"user": "alice", "km": "km0"}, "sae-b": {"user": "alice", "km": "km1"}}
