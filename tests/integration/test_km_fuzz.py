@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -137,3 +138,11 @@ def test_etsi014_conforms_to_its_document(case, km):
 def test_etsi004_conforms_to_its_document(case, km):
     case.call_and_validate(base_url=km["url"], session=km["session"], checks=CHECKS,
                            verify=km["ca"], cert=km["session"].cert, timeout=30)
+
+
+def test_km_process_serves_the_documents_of_docs(km):
+    """The documents the fuzzer used are the ones a running KM serves (no certificate)."""
+    for name in ("etsi014", "etsi004"):
+        r = requests.get(f"{km['url']}/api/v1/openapi/{name}", verify=km["ca"], timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.content == (ROOT / "docs" / "openapi" / f"{name}.yaml").read_bytes()
