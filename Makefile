@@ -14,7 +14,7 @@ PYTEST_ARGS  ?=
 # dashboard test drives (never a browser download of a test tool). Docker and debootstrap,
 # needed only by `make images` and its tests, are installed on demand by scripts/docker-up.sh.
 APT_PACKAGES := mosquitto mosquitto-clients nftables iproute2 iputils-ping procps psmisc \
-                openssl ca-certificates curl chromium chromium-driver
+                openssl ca-certificates curl chromium chromium-driver strace
 
 .PHONY: install apt venv collections test unit lint demo down clean help images
 

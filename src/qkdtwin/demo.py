@@ -159,7 +159,8 @@ def run_demo(lab_ref: str, *, scenario: Path = DEFAULT_SCENARIO, deploy_lab: boo
     ref = shlex.quote(lab_ref)
     if timeline:
         log(f"timeline: open {timeline[1]} in a browser (image: {timeline[0]})")
-    log(f"dashboard: {prog} dashboard {ref} --port 8050   then open http://127.0.0.1:8050/")
+    log(f"dashboard: {prog} dashboard {ref} --port 8050   then open the URL it prints "
+        "(its token lets the page use the controls)")
     log(f"tear down: {prog} down {ref}   (or: make down LAB={ref})")
     log(f"demo {'PASSED' if result.ok else 'FAILED'} in {time.monotonic() - m0:.1f} s")
     return 0 if result.ok else 1

@@ -54,6 +54,27 @@ def test_supervisord_runs_in_the_node(deployed_lab, infra_node):
     assert conf.mode == 0o600 and "password = " in conf.content_string
 
 
+def test_key_material_is_owner_only(deployed_lab, infra_node):
+    """Key stores (and their WAL, which holds recent pages in clear), API tokens and logs are
+    0600 in a 0700 data dir: no other local user of the host reads a link key."""
+    host = deployed_lab.host(infra_node)
+    data_dir = deployed_lab.hostvars(infra_node)["qkdtwin_data_dir"]
+    assert host.file(data_dir).mode == 0o700
+    stores = host.check_output(
+        f"find {data_dir} -name '*.sqlite*' -o -name '*.api-token' -o -name '*.log'").split()
+    if infra_node in deployed_lab.nodes_with_role("km"):
+        assert host.file(f"{data_dir}/key_manager").mode == 0o700
+        assert {f"{data_dir}/key_manager/km.sqlite", f"{data_dir}/key_manager/km.sqlite-wal"} \
+            <= set(stores)
+    for link in deployed_lab.hostvars(infra_node)["qkdtwin_node_qkd_links"]:
+        assert f"{data_dir}/qkd-{link['id']}.sqlite" in stores
+    wide = {p: oct(host.file(p).mode) for p in stores if host.file(p).mode & 0o077}
+    assert not wide, f"readable by others: {wide}"
+    if stores:  # and a user other than root cannot read one
+        r = host.run(f"runuser -u nobody -- head -c 1 {stores[0]}")
+        assert r.rc != 0 and "Permission denied" in r.stderr, (r.rc, r.stderr)
+
+
 def test_p2p_addresses_present(deployed_lab, infra_node):
     host = deployed_lab.host(infra_node)
     for iface in deployed_lab.hostvars(infra_node)["qkdtwin_interfaces"]:

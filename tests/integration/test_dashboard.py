@@ -104,7 +104,8 @@ def test_dashboard_synthetic_feed(page, broker, test_ca, tmp_path):
               "admission").start()
     sid = "5e55b0a1-0000-4000-8000-000000000001"
     actions = ControlPlaneAnswer(pub, sid)
-    server = Server(create_app(state, actions, dash_bus), "127.0.0.1", 0).start()
+    app = create_app(state, actions, dash_bus)
+    server = Server(app, "127.0.0.1", 0).start()
     try:
         assert dash_bus.wait_connected(5) and pub.wait_connected(5)
         time.sleep(0.3)
@@ -122,7 +123,7 @@ def test_dashboard_synthetic_feed(page, broker, test_ca, tmp_path):
         pub.event("path_assigned", sid, path=["km4", "km5"], links=["km4-km5"])
         pub.event("session_active", sid, path=["km4", "km5"], timeout_s=60)
 
-        page.goto(f"http://127.0.0.1:{server.port}/")
+        page.goto(f"http://127.0.0.1:{server.port}/?token={app.config['QKDTWIN_TOKEN']}")
         page.wait_for_selector("body[data-ready='1']", timeout=15000)
         # the topology: six KMs and six QKD links drawn by cytoscape, all up
         page.wait_for_function("document.querySelectorAll('#links tbody tr').length == 6")
@@ -150,6 +151,74 @@ def test_dashboard_synthetic_feed(page, broker, test_ca, tmp_path):
         server.stop()
         dash_bus.stop()
         pub.stop()
+
+
+class RecordedActions:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def eve(self, link: str, fraction: float) -> dict[str, Any]:
+        self.calls.append(("eve", link))
+        return {"link": link, "eve_fraction": fraction}
+
+    def set_link(self, link: str, up: bool) -> dict[str, Any]:
+        self.calls.append(("up" if up else "cut", link))
+        return {"link": link, "state": "up" if up else "down"}
+
+
+EVIL_PAGE = """<!doctype html><html><body>
+<iframe name="sink"></iframe>
+<form id="f" method="POST" action="{dash}/api/links/km4-km5/cut" target="sink"></form>
+<script>
+  fetch("{dash}/api/links/km0-km1/cut", {{method: "POST", mode: "no-cors"}});
+  fetch("{dash}/api/links/km0-km2/eve", {{method: "POST", mode: "no-cors",
+        headers: {{"Content-Type": "text/plain"}}, body: '{{"fraction": 0.5}}'}});
+  document.getElementById("f").submit();
+</script></body></html>"""
+
+
+def test_cross_site_page_cannot_drive_the_controls(page, tmp_path):
+    """Issue 13, M8: a page of another origin that the operator visits (served on
+    127.0.0.2) posts a form and two no-cors fetches to the dashboard's controls: all are
+    refused and nothing is cut; the dashboard's own page, opened with the token it printed,
+    still cuts a link from the same browser."""
+    import functools
+    import http.server
+    import threading
+
+    nodes, links = star6_static()
+    actions = RecordedActions()
+    app = create_app(LiveState("star6", nodes, links), actions)
+    server = Server(app, "127.0.0.1", 0).start()
+    dash = f"http://127.0.0.1:{server.port}"
+    (tmp_path / "evil.html").write_text(EVIL_PAGE.format(dash=dash))
+    evil = http.server.ThreadingHTTPServer(
+        ("127.0.0.2", 0), functools.partial(http.server.SimpleHTTPRequestHandler,
+                                            directory=str(tmp_path)))
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    answers: list[tuple[str, int]] = []
+    page.on("response", lambda r: answers.append((r.url, r.status))
+            if "/api/links/" in r.url else None)
+    try:
+        page.goto(f"http://127.0.0.2:{evil.server_address[1]}/evil.html")
+        deadline = time.time() + 15
+        while len(answers) < 3 and time.time() < deadline:
+            page.wait_for_timeout(200)
+        assert actions.calls == [], actions.calls
+        assert sorted(answers) == sorted([(f"{dash}/api/links/km4-km5/cut", 403),
+                                          (f"{dash}/api/links/km0-km1/cut", 403),
+                                          (f"{dash}/api/links/km0-km2/eve", 403)]), answers
+        # the same browser on the dashboard's own page, opened with its token, may act
+        page.goto(f"{dash}/?token={app.config['QKDTWIN_TOKEN']}")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        page.click("#links tr[data-link='km4-km5'] button[data-action='cut']")
+        deadline = time.time() + 10
+        while not actions.calls and time.time() < deadline:
+            page.wait_for_timeout(100)
+        assert actions.calls == [("cut", "km4-km5")]
+    finally:
+        evil.shutdown()
+        server.stop()
 
 
 # --- on a deployed lab ----------------------------------------------------------------------
@@ -196,9 +265,10 @@ def test_dashboard_on_deployed_star6(page, deployed_star6, tmp_path):
 
         state, actions, bus = build(str(lab.path))  # replays the recording: knows the session
         from qkdtwin.dashboard.app import create_app
-        server = Server(create_app(state, actions, bus), "127.0.0.1", 0).start()
+        app = create_app(state, actions, bus)
+        server = Server(app, "127.0.0.1", 0).start()
         try:
-            page.goto(f"http://127.0.0.1:{server.port}/")
+            page.goto(f"http://127.0.0.1:{server.port}/?token={app.config['QKDTWIN_TOKEN']}")
             page.wait_for_selector("body[data-ready='1']", timeout=15000)
             page.wait_for_function("document.querySelectorAll('#links tbody tr').length == 6")
             page.wait_for_selector("#links tbody .st-up", timeout=60000)

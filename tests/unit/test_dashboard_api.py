@@ -112,7 +112,8 @@ def test_sessions_from_admission_events_and_from_km_hops():
 def test_api_state_events_and_controls():
     s = LiveState("t", NODES, LINKS)
     acts = Actions()
-    c = create_app(s, acts).test_client()
+    c = create_app(s, acts, token="tok").test_client()
+    c.environ_base["HTTP_X_QKDTWIN_TOKEN"] = "tok"  # what the page sends
     for i in range(5):
         s.feed(*ev("km0", "relay_send", "s", ts=float(i), to_km="km1"))
     r = c.get("/api/state").get_json()
@@ -140,9 +141,43 @@ def test_api_state_events_and_controls():
                      "operator_link_cut_failed"]
     assert c.get("/api/nothing").status_code == 404
 
-    off = create_app(s, None).test_client()
+    off = create_app(s, None, token="tok").test_client()
+    off.environ_base["HTTP_X_QKDTWIN_TOKEN"] = "tok"
     assert off.get("/api/state").get_json()["controls"] is False
     assert off.post("/api/links/km0-km1/cut").status_code == 503
+
+
+def test_controls_need_the_token_the_origin_and_a_known_host():
+    """Issue 13, M8: the checks of qkdtwin.dashboard.guard, one refusal at a time (the
+    cross-site request from a real browser is in tests/integration/test_dashboard.py)."""
+    s = LiveState("t", NODES, LINKS)
+    acts = Actions()
+    c = create_app(s, acts, token="tok", allowed_hosts=["lab-host.example"]).test_client()
+    cut = "/api/links/km0-km1/cut"
+    ok = {"X-Qkdtwin-Token": "tok"}
+
+    def refused(r, words: str) -> bool:
+        return r.status_code == 403 and words in r.get_json()["error"]
+
+    assert refused(c.post(cut), "token")
+    assert refused(c.post(cut, headers={"X-Qkdtwin-Token": "to"}), "token")
+    assert refused(c.post(cut, headers={**ok, "Origin": "http://evil.example"}), "cross-site")
+    assert refused(c.post(cut, headers={**ok, "Sec-Fetch-Site": "cross-site"}), "cross-site")
+    assert refused(c.post(cut, headers={**ok, "Sec-Fetch-Site": "same-site"}), "cross-site")
+    # a rebound DNS name cannot even read the state
+    assert refused(c.get("/api/state", headers={"Host": "evil.example:8050"}), "Host")
+    assert refused(c.post(cut, headers={**ok, "Host": "evil.example"}), "Host")
+    assert acts.calls == []
+    # the page's own requests, by loopback names or an allowed one
+    assert c.post(cut, headers={**ok, "Origin": "http://localhost"}).status_code == 200
+    for host in ("127.0.0.1:8050", "[::1]:8050", "LAB-HOST.example:8050"):
+        assert c.get("/api/state", headers={"Host": host}).status_code == 200, host
+    assert c.post(cut, headers={**ok, "Host": "lab-host.example:8050",
+                                "Origin": "http://lab-host.example:8050",
+                                "Sec-Fetch-Site": "same-origin"}).status_code == 200
+    assert [x[0] for x in acts.calls] == ["link", "link"]
+    # without a token given, each app makes its own random one
+    assert create_app(s).config["QKDTWIN_TOKEN"] != create_app(s).config["QKDTWIN_TOKEN"]
 
 
 def test_interface_commands_per_runtime():

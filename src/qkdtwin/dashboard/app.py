@@ -7,17 +7,22 @@
     POST /api/links/<id>/cut        set the link's interfaces down at both ends
     POST /api/links/<id>/restore    set them up again
     GET  /healthz
+
+Every request is checked by :mod:`qkdtwin.dashboard.guard` (Host; Origin and the per-run
+token on the controls).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
+from qkdtwin.dashboard import guard
 from qkdtwin.dashboard.state import LiveState
 from qkdtwin.errors import UserError
 
@@ -25,11 +30,15 @@ STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("qkdtwin.dashboard")
 
 
-def create_app(state: LiveState, actions: Any = None, bus: Any = None) -> Flask:
+def create_app(state: LiveState, actions: Any = None, bus: Any = None, *,
+               token: str | None = None, allowed_hosts: Iterable[str] = ()) -> Flask:
     """``actions``: a :class:`qkdtwin.labops.operations.LabOperator` (None: controls off);
-    ``bus``: the dashboard's :class:`qkdtwin.bus.Bus`, to publish its operator actions."""
+    ``bus``: the dashboard's :class:`qkdtwin.bus.Bus`, to publish its operator actions;
+    ``token``: the controls' per-run token (a new random one by default, in
+    ``app.config["QKDTWIN_TOKEN"]``); ``allowed_hosts``: names beside loopback's."""
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
     app.config["JSON_SORT_KEYS"] = False
+    guard.install(app, token or guard.new_token(), allowed_hosts)
     _error_handlers(app)
     _read_routes(app, state, controls=actions is not None)
     _control_routes(app, state, actions, bus)

@@ -2,7 +2,8 @@
 
 It connects to the lab's broker as the operator (CN=host, ``labs/clab-<lab>/pki/host.*``),
 reads everything (topology, telemetry, alarms, events) and serves the page with cheroot on
-127.0.0.1 (``--host 0.0.0.0`` to show it to others).
+127.0.0.1 (``--host 0.0.0.0 --allow-host NAME`` to show it to others). The controls need the
+per-run token in the URL it prints (qkdtwin.dashboard.guard).
 """
 
 from __future__ import annotations
@@ -90,7 +91,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not bus.connected:
         print(f"qkdtwin dashboard: the broker of lab {state.lab} does not answer yet; "
               "retrying in the background", file=sys.stderr)
-    app = create_app(state, actions, bus)
+    wildcard = args.host in ("0.0.0.0", "::", "")
+    allowed = list(args.allow_host or []) + ([] if wildcard else [args.host])
+    app = create_app(state, actions, bus, allowed_hosts=allowed)
     try:
         server = Server(app, args.host, args.port)
     except OSError as exc:
@@ -98,9 +101,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") \
             from None
     server.start()
-    shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
-    print(f"dashboard of lab {state.lab}: http://{shown}:{server.port}/  (Ctrl-C to stop)",
-          flush=True)
+    shown = "127.0.0.1" if wildcard else args.host
+    token = app.config["QKDTWIN_TOKEN"]
+    print(f"dashboard of lab {state.lab}: http://{shown}:{server.port}/?token={token}  "
+          "(Ctrl-C to stop)", flush=True)
+    if wildcard or args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("qkdtwin dashboard: listening beyond loopback; anyone who can reach it may watch "
+              "the lab, and anyone with the token in this URL may cut links",
+              file=sys.stderr, flush=True)
     try:
         server.thread.join()
     except KeyboardInterrupt:
@@ -116,4 +124,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("lab", metavar="LAB", help="deployed lab (name or labs/<lab>.clab.yml)")
     p.add_argument("--port", type=int, default=8050, help="HTTP port (default 8050)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="a name (or address) others use to reach the dashboard; repeatable")
     p.set_defaults(func=cmd_dashboard)

@@ -2,9 +2,11 @@
 delivery records and sessions, in one SQLite database (WAL) in the KM's data dir.
 
 Every change that hands out or consumes key is one transaction, so a KM killed with SIGKILL
-and restarted neither loses a key nor hands one out twice. ``synchronous=NORMAL`` with WAL
-survives a killed process (the OS keeps the written pages); only a power cut could lose the
-last transactions, which the emulator does not model.
+and restarted neither loses a key nor hands one out twice. ``synchronous=FULL``: each such
+commit is synced to the WAL before the KM answers the application or sends a relay, so a
+host crash cannot roll back a consumed link key (which would then pad a second relay: a
+two-time pad) or a delivery (a key handed out twice). The file, its ``-wal`` and ``-shm``
+are 0600 in a 0700 directory: the WAL holds recent pages in clear, keys included.
 """
 
 from __future__ import annotations
@@ -126,9 +128,10 @@ class KeyStore:
     """One SQLite connection shared by all threads, serialised by a lock (short transactions)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = open_db(path, synchronous="NORMAL", timeout=10)
+        # FULL: a commit that consumes or delivers key is on disk before the KM answers or
+        # relays (a host crash must not roll back a consumed one-time pad, see module doc)
+        self._db = open_db(path, synchronous="FULL", timeout=10, private=True)
         self._db.execute("PRAGMA secure_delete=ON")  # consumed key bytes are overwritten
         self._lock = threading.RLock()
         self._migrate()

@@ -39,8 +39,7 @@ class StoreError(Exception):
 
 class KeyStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = open_db(path, synchronous="FULL")
+        self._db = open_db(path, synchronous="FULL", private=True)
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
 

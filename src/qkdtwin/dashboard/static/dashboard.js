@@ -9,6 +9,15 @@
                 error: "#000", operator: "#6d4c41", other: "#bcbd22" };
   let cy = null, lastSeq = 0, selected = null, state = null, busy = false;
   const $ = (s) => document.querySelector(s);
+  // the controls' per-run token: from the URL the dashboard printed, kept for this tab
+  const TOKEN = (function () {
+    const q = new URLSearchParams(location.search);
+    if (q.get("token")) {
+      sessionStorage.setItem("qkdtwin-token", q.get("token"));
+      history.replaceState(null, "", location.pathname);  // not left in the address bar
+    }
+    return sessionStorage.getItem("qkdtwin-token") || "";
+  })();
 
   function fmtRate(v) {
     if (v === null || v === undefined) return "–";
@@ -189,7 +198,8 @@
     busy = true; toast(what + " " + link + " …");
     try {
       const r = await fetch("/api/links/" + encodeURIComponent(link) + "/" + what,
-        { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+        { method: "POST", body: JSON.stringify(body),
+          headers: { "Content-Type": "application/json", "X-Qkdtwin-Token": TOKEN } });
       const j = await r.json();
       toast(r.ok ? what + " " + link + ": done" : what + " " + link + " failed: " + j.error);
     } catch (err) { toast("request failed: " + err); }
