@@ -112,10 +112,13 @@ class RelayIn(Part):
         self.metrics.relay.labels(step="receive").inc()
         # a retried relay (its acknowledgement was lost): keys already held or delivered
         # are acknowledged again, never stored or delivered twice
+        # the key IDs of ETSI 014 keys (an ETSI 004 key's ID is <session>:<index>): when a
+        # key arrived, for the soak's check that none is delivered after a link's alarm
+        ids = {"key_IDs": [k.key_id for k in keys]} if msg["api"] == "014" else {}
         self.control.event("relay_receive", sid, from_km=caller, keys=len(keys),
                            indexes=[k.idx for k in keys],
                            source_km=msg["source_km"], duplicates=dup,
-                           withdrawn=len(gone), route=route)
+                           withdrawn=len(gone), route=route, **ids)
         gone_ids = {w.key_id for w in gone}
         return {"ack": True, "destination_km": self.node, "route": route,
                 "key_IDs": [{"key_ID": k.key_id} for k in keys if k.key_id not in gone_ids],
