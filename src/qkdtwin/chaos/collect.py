@@ -54,7 +54,8 @@ def read_km(lab_dir: Path, km: str, since: float
                 d = json.loads(data)
             except ValueError:
                 d = {}
-            sessions.append(KmSession(km, sid, str(d.get("api", "")), str(d.get("state", ""))))
+            sessions.append(KmSession(km, sid, str(d.get("api", "")), str(d.get("state", "")),
+                                      live=False))
     finally:
         db.close()
     return deliveries, withdrawals, sessions

@@ -94,6 +94,8 @@ class KmSession:
     session_id: str
     api: str
     state: str
+    live: bool = True  # the KM's state now (/healthz); False: the store's row, whose state
+    #                    may be stale (KEY_EXCHANGING <-> OPERATIVE is not written)
 
 
 @dataclass
@@ -265,7 +267,7 @@ def _stuck(rec: Records, found: _Found) -> None:
         if s.api == "004" and s.session_id in rec.streams_closed:
             found.add("session_stuck", km=s.km, session_id=s.session_id, state=s.state,
                       detail="a key stream both applications closed is still held")
-        elif s.state in STUCK_STATES:
+        elif s.live and s.state in STUCK_STATES:
             found.add("session_stuck", km=s.km, session_id=s.session_id, state=s.state,
                       detail=f"still {s.state} after the traffic stopped")
     for name in rec.unfinished:
