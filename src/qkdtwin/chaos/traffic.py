@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import threading
 import time
 import uuid
@@ -39,6 +40,15 @@ class Flow:
     @property
     def name(self) -> str:
         return f"{self.api} {self.src}>{self.dst}"
+
+
+def _gist(r: KmResponse) -> str:
+    """A refusal's kind: HTTP code, ETSI 004 status and the message without its numbers,
+    IDs and times, so that equal refusals count together."""
+    msg = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d{4}-\d\d-\d\dT[\d:.]+Z?|\b\d+(\.\d+)?\b", "#",
+                 r.message)[:70]
+    status = f" status {r.status}" if r.status is not None else ""
+    return f"HTTP {r.http}{status}" + (f" {msg}" if msg else "")
 
 
 def parse_flows(text: str) -> list[Flow]:
@@ -159,7 +169,7 @@ class Traffic:
                     self.stop.wait(1.0)
                     continue
                 if not r.ok:
-                    self.error(f"enc_keys: HTTP {r.http}")
+                    self.error(f"enc_keys: {_gist(r)}")
                     self.stop.wait(_retry_after(r) or 0.5)
                     continue
                 got = {k.get("key_ID"): k.get("key") for k in r.keys()}
@@ -183,10 +193,10 @@ class Traffic:
                 ids = [k for k in ids if k not in gone]
                 continue
             if d is not None and d.http not in (503,) and d.http < 500:
-                self.error(f"dec_keys: HTTP {d.http} {d.message[:60]}")
+                self.error(f"dec_keys: {_gist(d)}")
                 break
             if d is not None:
-                self.error(f"dec_keys: HTTP {d.http}")
+                self.error(f"dec_keys: {_gist(d)}")
             if time.monotonic() > deadline:
                 break
             time.sleep(1.0)
@@ -224,7 +234,7 @@ class Traffic:
         ok = True
         for r in answers.values():
             if r is not None and not r.ok:
-                self.error(f"open_connect: HTTP {r.http} status {r.status}")
+                self.error(f"open_connect: {_gist(r)}")
             ok = ok and r is not None and r.ok
         return ok
 
@@ -238,7 +248,7 @@ class Traffic:
             if mine is None or mine.status != 0:
                 failures += 1
                 if mine is not None:
-                    self.error(f"get_key: HTTP {mine.http} status {mine.status}")
+                    self.error(f"get_key: {_gist(mine)}")
                     if mine.status not in (2, 3, 9):
                         return  # a final refusal: a new stream
                 self.stop.wait(1.0)
@@ -262,7 +272,7 @@ class Traffic:
                     self.withdrawn[flow.name] += 1
                 return
             if r is not None:
-                self.error(f"get_key: HTTP {r.http} status {r.status}")
+                self.error(f"get_key: {_gist(r)}")
                 if r.status not in (2, 3, 9):
                     break
             time.sleep(1.0)
@@ -278,7 +288,7 @@ class Traffic:
                 r = self._try("close", lambda c=c: c.close(stream))
                 if r is not None:
                     if not r.ok and r.http != 404:
-                        self.error(f"close: HTTP {r.http} status {r.status}")
+                        self.error(f"close: {_gist(r)}")
                     closed += 1
                     break
                 time.sleep(2.0)
