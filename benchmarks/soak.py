@@ -156,11 +156,15 @@ def soak_owned(args: argparse.Namespace, flows: list[Flow]) -> tuple[Records, di
         try:
             log(f"deploying {NAME} from {path} (a few minutes)")
             t = time.monotonic()
-            res = deploy(path, log=lines.append)
-            if not res.ok:
-                print("\n".join(lines[-40:]), file=sys.stderr)
-                raise UserError(f"deploy of {NAME} failed (hosts: "
-                                f"{', '.join(res.playbook.failed_hosts) or '?'})")
+            for attempt in (1, 2):  # on a loaded host a service can miss its start wait
+                res = deploy(path, log=lines.append)
+                if res.ok:
+                    break
+                failed = ", ".join(res.playbook.failed_hosts) or "?"
+                if attempt == 2:
+                    print("\n".join(lines[-40:]), file=sys.stderr)
+                    raise UserError(f"deploy of {NAME} failed (hosts: {failed})")
+                log(f"deploy failed on {failed}; deploying again")
             log(f"deployed in {time.monotonic() - t:.0f} s")
             rec, facts = run_soak(path, args, flows)
         finally:
