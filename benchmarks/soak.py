@@ -200,7 +200,8 @@ def print_summary(s: dict[str, Any]) -> None:
           f"failed to apply: {_kv(s['faults']['failed']) or 'none'}")
     for when in ("during_faults", "calm"):
         e = s["errors"][when]
-        print(f"errors {when.replace('_', ' ')}: {sum(e.values())} ({_kv(e) or 'none'})")
+        kinds = "; ".join(f"{k} ×{v}" for k, v in e.items()) or "none"
+        print(f"errors {when.replace('_', ' ')}: {sum(e.values())} ({kinds})")
     print(f"invariants: {_kv(inv['violations'])} -> "
           f"{'OK' if inv['ok'] else 'VIOLATED'}")
     for name, items in inv["examples"].items():

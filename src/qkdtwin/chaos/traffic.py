@@ -46,7 +46,7 @@ def _gist(r: KmResponse) -> str:
     """A refusal's kind: HTTP code, ETSI 004 status and the message without its numbers,
     IDs and times, so that equal refusals count together."""
     msg = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d{4}-\d\d-\d\dT[\d:.]+Z?|\b\d+(\.\d+)?\b", "#",
-                 r.message)[:70]
+                 r.message)[:100]
     status = f" status {r.status}" if r.status is not None else ""
     return f"HTTP {r.http}{status}" + (f" {msg}" if msg else "")
 
