@@ -58,6 +58,7 @@ def create_app(km: KeyManager) -> Flask:
 
     @app.after_request
     def _count(resp: Response) -> Response:
+        km.store.durable()  # what this answer tells of (keys handed out, stored) is on disk
         ep = request.endpoint or "unknown"
         metrics.requests.labels(endpoint=ep, code=str(resp.status_code)).inc()
         metrics.latency.labels(endpoint=ep).observe(time.perf_counter() - g.get("t0", 0.0))

@@ -2,16 +2,21 @@
 delivery records and sessions, in one SQLite database (WAL) in the KM's data dir.
 
 Every change that hands out or consumes key is one transaction, so a KM killed with SIGKILL
-and restarted neither loses a key nor hands one out twice. ``synchronous=FULL``: each such
-commit is synced to the WAL before the KM answers the application or sends a relay, so a
-host crash cannot roll back a consumed link key (which would then pad a second relay: a
-two-time pad) or a delivery (a key handed out twice). The file, its ``-wal`` and ``-shm``
-are 0600 in a 0700 directory: the WAL holds recent pages in clear, keys included.
+and restarted neither loses a key nor hands one out twice. A host crash (power cut, panic)
+keeps only what was synced, so before an effect of a commit leaves the process — an answer
+to an application or a peer, a relay sent — :meth:`KeyStore.durable` syncs the WAL: a crash
+cannot roll back a consumed link key (which would then pad a second relay: a two-time pad)
+or a delivery (a key handed out twice). It is a group commit: commits run at
+``synchronous=NORMAL`` and one ``fdatasync`` covers every commit made before it, so
+concurrent requests share a sync instead of paying one each (``synchronous=FULL`` costs
+half the ETSI 014 throughput here). The file, its ``-wal`` and ``-shm`` are 0600 in a 0700
+directory: the WAL holds recent pages in clear, keys included.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -129,12 +134,38 @@ class KeyStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # FULL: a commit that consumes or delivers key is on disk before the KM answers or
-        # relays (a host crash must not roll back a consumed one-time pad, see module doc)
-        self._db = open_db(path, synchronous="FULL", timeout=10, private=True)
+        # NORMAL, and durable() before anything leaves the process (see the module doc)
+        self._db = open_db(path, synchronous="NORMAL", timeout=10, private=True)
         self._db.execute("PRAGMA secure_delete=ON")  # consumed key bytes are overwritten
         self._lock = threading.RLock()
+        self._sync_lock = threading.Lock()
+        self._synced = 0  # total_changes covered by the last sync
+        self._wal: tuple[int, int] | None = None  # (fd, inode) of the WAL file
         self._migrate()
+        self.durable()
+
+    def durable(self) -> None:
+        """Return once every commit made so far is on disk (group commit, module doc)."""
+        if self._db.total_changes <= self._synced:
+            return
+        with self._sync_lock:
+            with self._lock:  # no transaction is open while this is held
+                target = self._db.total_changes
+            if target <= self._synced:
+                return  # a sync that started after our commit covered it
+            os.fdatasync(self._wal_fd())  # outside _lock: others commit meanwhile
+            self._synced = target
+
+    def _wal_fd(self) -> int:
+        """An fd of the WAL file (SQLite keeps it while its connection is open; reopened
+        if it was replaced)."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        inode = os.stat(wal).st_ino
+        if self._wal is None or self._wal[1] != inode:
+            if self._wal is not None:
+                os.close(self._wal[0])
+            self._wal = (os.open(wal, os.O_RDONLY), inode)
+        return self._wal[0]
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -165,6 +196,9 @@ class KeyStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._wal is not None:
+                os.close(self._wal[0])
+                self._wal = None
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:

@@ -152,6 +152,7 @@ class RelayOut(Part):
         self.metrics.relay.labels(step="send").inc()
         self.control.event("relay_send", header["session_id"], to_km=next_hop, link=pool.link,
                            keys=len(keys), link_keys=len(taken))
+        self.store.durable()  # the pad's keys stay used after a host crash: never a second pad
         try:
             return self.peers.post(f"{pool.lc.peer_url}/kmapi/v1/ext_keys", msg,
                                    timeout=self.cfg.request_wait_s)
