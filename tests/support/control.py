@@ -27,6 +27,9 @@ from tests.support.waiting import wait_for
 # star6: km0 in the middle, km4-km5 extra link (labs/star6.clab.yml)
 STAR6_LINKS = [("km0", "km1"), ("km0", "km2"), ("km0", "km3"), ("km0", "km4"), ("km0", "km5"),
                ("km4", "km5")]
+# The SDN controller's inventory (config `nodes`): the KMs and the control elements' nodes.
+STAR6_NODES = {n: {} for n in (*(f"km{i}" for i in range(6)), "access", "routing", "sdn",
+                               "admission", "monitoring")}
 
 
 def broker_cfg(broker, ca: TestCA, cn: str) -> dict[str, Any]:
@@ -155,7 +158,8 @@ class ControlPlane:
             self.configs[e] = cfg
         self.configs["access"]["users"] = users
         self.configs["sdn"].update({"listen": {"host": "127.0.0.1", "port": self.ports["sdn"]},
-                                    "tls": {"ca": ca.ca, "cert": sdn.cert, "key": sdn.key}})
+                                    "tls": {"ca": ca.ca, "cert": sdn.cert, "key": sdn.key},
+                                    "nodes": STAR6_NODES})
         self.configs["admission"].update({"peer_wait_s": 3, "inactivity_timeout_s": 30,
                                           "confirm_timeout_s": 3, "sdn": {"url": self.sdn_url}})
         self.configs["monitoring"].update({"interval_s": 0.5, "stale_s": 5,

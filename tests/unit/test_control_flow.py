@@ -19,6 +19,7 @@ from qkdtwin.control.routing import RoutingElement
 from qkdtwin.control.sdn import SdnController
 from qkdtwin.etsi015 import SDN_BASE
 from tests.support.control import (
+    STAR6_NODES,
     FakeKM,
     broker_cfg,
     make_bus,
@@ -46,7 +47,7 @@ def plane(broker, test_ca, tmp_path):
     els["routing"] = RoutingElement({**base("routing")}).start()
     sdn = SdnController({**base("sdn"), "listen": {"host": "127.0.0.1", "port": 0},
                          "tls": {"ca": test_ca.ca, "cert": sdn_ident.cert,
-                                 "key": sdn_ident.key}})
+                                 "key": sdn_ident.key}, "nodes": STAR6_NODES})
     els["sdn"] = sdn.start()
     url = f"https://127.0.0.1:{sdn.port}"
     els["admission"] = AdmissionControl({**base("admission"), "peer_wait_s": 2,

@@ -16,7 +16,7 @@ from qkdtwin.cli import main as cli_main
 from qkdtwin.control.access import AccessControl
 from qkdtwin.control.sdn import SdnController
 from qkdtwin.etsi015 import SDN_BASE as BASE
-from tests.support.control import broker_cfg, make_bus, register_star6, wait_for
+from tests.support.control import STAR6_NODES, broker_cfg, make_bus, register_star6, wait_for
 from tests.support.pki import TestCA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,8 @@ def sdn(broker, test_ca, tmp_path):
                        "data_dir": str(tmp_path / "sdn"),
                        "listen": {"host": "127.0.0.1", "port": 0},
                        "tls": {"ca": test_ca.ca, "cert": ident.cert, "key": ident.key},
-                       "nodes": {"km0": {"mgmt_ipv4": "172.31.6.20"}}}).start()
+                       "nodes": {**STAR6_NODES,
+                                 "km0": {"mgmt_ipv4": "172.31.6.20"}}}).start()
     yield s
     s.stop()
 

@@ -10,8 +10,10 @@ Base ``/restconf/data/etsi-qkd-sdn-node:qkd_node``:
 * ``DELETE <base>/<qkdn_id>/qkd_links/qkd_link/<id>``
 * ``GET /healthz``, ``GET /metrics``
 
-Writes are allowed to the node itself (client certificate CN = qkdn_id) and to the CNs in
-``writers`` (default: admission, host). Every change is published retained on
+Writes (control/sdn_policy.py): a node certificate of the inventory (OU ``node``) writes its
+own node and the PHYS links it ends; the ``writers`` (default: the admission node, and
+``host`` with OU ``operator``) add VIRT links, the operator anything; applications nothing.
+Every refusal is a 403 with the reason. Every change is published retained on
 ``qkd/v1/topology``; the topology is also republished after each reconnection to the broker
 (a restarted broker without persistence has lost its retained messages).
 
@@ -37,8 +39,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from qkdtwin import bus
 from qkdtwin import messages as m
 from qkdtwin.control.common import Element, require
+from qkdtwin.control.sdn_policy import Caller, Forbidden, WritePolicy
 from qkdtwin.errors import UserError
 from qkdtwin.etsi015 import SDN_BASE as BASE
+from qkdtwin.key_manager.identity import from_environ
 from qkdtwin.service import run_service
 from qkdtwin.sqlite import open_db
 
@@ -192,7 +196,8 @@ def _err(code: int, message: str) -> Response:
 
 def _caller() -> str | None:
     """The client certificate's CN of the current request (mutual TLS)."""
-    return request.environ.get("SSL_CLIENT_S_DN_CN")
+    ident = from_environ(request.environ)
+    return ident.cn if ident else None
 
 
 def _body(key: str) -> dict[str, Any]:
@@ -225,6 +230,8 @@ class SdnController(Element):
                               registry=self.registry)
         self._seed(config.get("nodes") or {}, config.get("seed_links") or [],
                    str(config.get("seed_status", "up")))
+        seeded = {n for lk in config.get("seed_links") or [] for n in (lk["a"], lk["b"])}
+        self.policy = WritePolicy(set(self._mgmt) | seeded, self.writers)
         self.app = self._make_app()
         self.server: wsgi.Server | None = None
 
@@ -268,8 +275,10 @@ class SdnController(Element):
         self._add_link_routes(app)
         return app
 
-    def _may_write(self, qkdn_id: str) -> bool:
-        return _caller() == qkdn_id or _caller() in self.writers
+    def _who(self) -> Caller:
+        """The caller's write role (Forbidden: it may write nothing)."""
+        ident = from_environ(request.environ)
+        return self.policy.caller(ident.cn if ident else None, ident.ou if ident else None)
 
     def _add_errors_and_health(self, app: Flask) -> None:
         @app.after_request
@@ -280,6 +289,12 @@ class SdnController(Element):
         @app.errorhandler(BadRequest)
         def bad(exc: BadRequest) -> Response:
             return _err(400, str(exc))
+
+        @app.errorhandler(Forbidden)
+        def forbidden(exc: Forbidden) -> Response:
+            self.event("write_refused", caller=_caller(), method=request.method,
+                       path=request.path, reason=str(exc))
+            return _err(403, str(exc))
 
         @app.errorhandler(404)
         def not_found(exc: Exception) -> Response:
@@ -325,11 +340,17 @@ class SdnController(Element):
 
         @app.put(f"{BASE}/<qkdn_id>")
         def put_node(qkdn_id: str) -> Response:
-            if not self._may_write(qkdn_id):
-                return _err(403, f"{_caller()} may not register node {qkdn_id}")
+            who = self._who()
+            self.policy.node(who, qkdn_id, "register")
             node = _body("qkd_node")
             if node.get("qkdn_id", qkdn_id) != qkdn_id:
                 raise BadRequest("qkdn_id in the body differs from the URL")
+            links = (node.get("qkd_links") or {}).get("qkd_link") or []
+            if not isinstance(links, list):
+                raise BadRequest("qkd_links.qkd_link must be a list")
+            for lk in links:
+                lk = validate_link(lk, qkdn_id)
+                self.policy.link(who, qkdn_id, lk, reg.links.get(lk["qkdl_id"]))
             reg.put_node(qkdn_id, node, self._mgmt.get(qkdn_id))
             self.changed("node_registered", node=qkdn_id,
                          links=[lk.get("qkdl_id") for lk in
@@ -338,8 +359,7 @@ class SdnController(Element):
 
         @app.delete(f"{BASE}/<qkdn_id>")
         def delete_node(qkdn_id: str) -> Response:
-            if not self._may_write(qkdn_id):
-                return _err(403, f"{_caller()} may not remove node {qkdn_id}")
+            self.policy.node(self._who(), qkdn_id, "remove")
             if not reg.delete_node(qkdn_id):
                 return _err(404, f"no node {qkdn_id}")
             self.changed("node_down", node=qkdn_id)
@@ -350,11 +370,11 @@ class SdnController(Element):
 
         @app.put(f"{BASE}/<qkdn_id>/qkd_links/qkd_link/<qkdl_id>")
         def put_link(qkdn_id: str, qkdl_id: str) -> Response:
-            if not self._may_write(qkdn_id):
-                return _err(403, f"{_caller()} may not write links of {qkdn_id}")
+            who = self._who()
             link = _body("qkd_link")
             if link.setdefault("qkdl_id", qkdl_id) != qkdl_id:
                 raise BadRequest("qkdl_id in the body differs from the URL")
+            self.policy.link(who, qkdn_id, validate_link(link, qkdn_id), reg.links.get(qkdl_id))
             reg.put_link(qkdn_id, link)
             self.changed("link_registered", link=qkdl_id, link_type=link.get("qkdl_type",
                                                                              "PHYS"),
@@ -363,8 +383,11 @@ class SdnController(Element):
 
         @app.delete(f"{BASE}/<qkdn_id>/qkd_links/qkd_link/<qkdl_id>")
         def delete_link(qkdn_id: str, qkdl_id: str) -> Response:
-            if not self._may_write(qkdn_id):
-                return _err(403, f"{_caller()} may not delete links of {qkdn_id}")
+            who = self._who()
+            old = reg.links.get(qkdl_id)
+            if old is None:
+                return _err(404, f"no link {qkdl_id}")
+            self.policy.link(who, qkdn_id, None, old)
             if not reg.delete_link(qkdl_id):
                 return _err(404, f"no link {qkdl_id}")
             self.changed("link_deleted", link=qkdl_id)
