@@ -48,7 +48,19 @@ def km_delete(km: str) -> str:
     return f"{PREFIX}/km/{km}/delete"
 
 
-ADMISSION_IN = f"{PREFIX}/admission/in"
+def admission_in(km: str) -> str:
+    """KM ``km``'s topic towards Admission Control: the broker's ACL lets that KM alone
+    write it, so the topic, not the payload, says which KM is speaking."""
+    return f"{PREFIX}/admission/in/{km}"
+
+
+def admission_in_km(topic: str) -> str | None:
+    """The KM whose topic ``topic`` is (None: not an admission/in/<km> topic)."""
+    head, _, km = topic.rpartition("/")
+    return km if head == f"{PREFIX}/admission/in" and km not in ("", "+", "#") else None
+
+
+ADMISSION_IN = admission_in("+")  # Admission Control's subscription
 ACCESS_IN = f"{PREFIX}/access/in"
 # Operator requests (user management): only the operator identity `host` may write here.
 ACCESS_ADMIN = f"{PREFIX}/access/admin"

@@ -263,3 +263,5 @@ def test_sae_certificate_has_no_broker_rights(deployed_lab, clients):
     sae = deployed_lab.all_vars["qkdtwin_users"][0]["applications"][0]["sae_id"]
     app = clients(f"sae/{sae}")
     assert app.publish("qkd/v1/admission/in", b"{}") == 135
+    km = deployed_lab.all_vars["qkdtwin_users"][0]["applications"][0]["km"]
+    assert app.publish(f"qkd/v1/admission/in/{km}", b"{}") == 135

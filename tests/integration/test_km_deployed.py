@@ -131,8 +131,9 @@ class Lab:
     def close_014_sessions(self) -> None:
         """End the ETSI 014 sessions of PAIRS_014 the way their master's KM would."""
         for master, slave in PAIRS_014:
-            self.events.bus.publish("qkd/v1/admission/in", {
-                "type": "close_request", "km": self.sae_lab.sae_km(master),
+            km = self.sae_lab.sae_km(master)
+            self.events.bus.publish(f"qkd/v1/admission/in/{km}", {
+                "type": "close_request", "km": km,
                 "session_id": session_id_014(master, slave), "reason": "closed"})
 
 

@@ -62,7 +62,7 @@ def garbage(kind: str) -> list[bytes]:
 def inbound(links: list[tuple[str, str]], kms: list[str]) -> dict[str, tuple[str, list[str]]]:
     """topic -> (message type that belongs there, the log files of its receivers)."""
     out: dict[str, tuple[str, list[str]]] = {
-        f"{P}/admission/in": ("config_request", ["ctl/qkdtwin-admission"]),
+        f"{P}/admission/in/km0": ("config_request", ["ctl/qkdtwin-admission"]),
         f"{P}/access/in": ("authenticate", ["ctl/qkdtwin-access"]),
         f"{P}/access/admin": ("user_add", ["ctl/qkdtwin-access"]),
         f"{P}/routing/in": ("path_request", ["ctl/qkdtwin-routing"]),

@@ -73,7 +73,7 @@ class FakeKM:
             self.deletes.append(p)
             self.table.pop(p["session_id"], None)
         if self.confirm:
-            self.bus.publish(bus.ADMISSION_IN, m.DeletionConfirm(
+            self.bus.publish(bus.admission_in(self.name), m.DeletionConfirm(
                 km=self.name, session_id=p["session_id"]).to_payload())
 
     def authenticate(self, sae_id: str, user: str, peer: str, ou: str = "sae",
@@ -85,17 +85,17 @@ class FakeKM:
     def open(self, sae_id: str, peer: str, user: str, session_id: str | None = None,
              api: str = "004", **qos: Any) -> str:
         sid = session_id or str(uuid.uuid4())
-        self.bus.publish(bus.ADMISSION_IN, m.ConfigRequest(
+        self.bus.publish(bus.admission_in(self.name), m.ConfigRequest(
             km=self.name, session_id=sid, user=user, sae_id=sae_id, peer_sae_id=peer, api=api,
             qos=qos).to_payload())
         return sid
 
     def key_request(self, sid: str, bits: int = 256) -> None:
-        self.bus.publish(bus.ADMISSION_IN, m.KeyRequest(km=self.name, session_id=sid,
+        self.bus.publish(bus.admission_in(self.name), m.KeyRequest(km=self.name, session_id=sid,
                                                         bits=bits).to_payload())
 
     def close(self, sid: str) -> None:
-        self.bus.publish(bus.ADMISSION_IN, m.CloseRequest(km=self.name,
+        self.bus.publish(bus.admission_in(self.name), m.CloseRequest(km=self.name,
                                                           session_id=sid).to_payload())
 
     def config_for(self, sid: str) -> dict[str, Any] | None:

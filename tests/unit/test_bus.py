@@ -57,7 +57,7 @@ def test_subscriptions_survive_broker_restart(broker, test_ca):
     deadline = time.time() + 15
     while time.time() < deadline and not got.is_set():
         if sub.connected and pub.connected:
-            pub.publish(bus.ADMISSION_IN, {"type": "ping"})
+            pub.publish(bus.admission_in("km0"), {"type": "ping"})
         time.sleep(0.5)
     assert got.is_set()
     sub.stop()

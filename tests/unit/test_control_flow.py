@@ -249,7 +249,7 @@ def test_config_resync_resends_a_lost_session_config(plane, kms):
     with kms["km0"]._lock:
         kms["km0"].table.pop(sid)
     for km, s in (("km0", sid), ("km1", sid), ("km1", "no-such-session")):
-        kms[km].bus.publish(bus.ADMISSION_IN, {"type": "config_resync", "km": km,
+        kms[km].bus.publish(bus.admission_in(km), {"type": "config_resync", "km": km,
                                                "session_id": s})
     again = wait_for(lambda: kms["km0"].config_for(sid))
     assert {k: again[k] for k in ("role", "prev_hop", "next_hop", "update")} == \

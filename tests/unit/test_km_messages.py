@@ -116,7 +116,7 @@ def test_malformed_payloads_on_every_inbound_topic_are_logged_and_dropped(km, ca
     bus.deliver(delete, delete, {"type": "session_delete", "session_id": "s1",
                                  "reason": "closed"})
     assert km.forwarding.get("s1") is None and s.state == "TERMINATED"
-    sent = {p["type"] for t, p in bus.published if t == topics.ADMISSION_IN}
+    sent = {p["type"] for t, p in bus.published if t == topics.admission_in("km1")}
     assert sent == {"deletion_confirm"}
     kinds = [p["kind"] for t, p in bus.published if t == "event"]
     assert "session_configured" in kinds and "link_quarantined" in kinds

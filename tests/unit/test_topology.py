@@ -165,3 +165,17 @@ def test_garbage_never_raises(tmp_path):
         path.write_text(text)
         lab, problems = check_lab(path)
         assert lab is None and problems
+
+
+@pytest.mark.parametrize("sae", ["km1", "KM1", "host", "admission", "broker", "ctl"])
+def test_validate_refuses_an_sae_named_like_another_identity(sae, tmp_path, capsys):
+    """M4: an application certificate with a node's name, `host` or a role's name would
+    claim that identity's broker rights and SDN writes: `qkdtwin validate` refuses the lab."""
+    for f in ("line3.clab.yml", "line3.users.yml"):
+        shutil.copy(ROOT / "labs" / f, tmp_path / f)
+    users = tmp_path / "line3.users.yml"
+    users.write_text(users.read_text().replace("sae_id: sae-b2,", f"sae_id: {sae},"))
+    assert main(["validate", str(tmp_path / "line3.clab.yml")]) == 1
+    out, err = capsys.readouterr()
+    assert f"user bob: application {sae}: sae_id: {sae!r} clashes with" in out, out
+    assert "INVALID" in err and "Traceback" not in out + err

@@ -143,11 +143,16 @@ class AdmissionControl(Element):
     # -- messages from KMs --
 
     def on_message(self, topic: str, p: dict[str, Any], msg: Message) -> None:
+        """On admission/in/<km>, which only KM <km> may write (ACL): the topic names the KM."""
         self.count(str(p.get("type")))
         req = m.decode_any(p, m.ADMISSION_IN)  # a refused payload: logged by the bus
         sid, km = req.session_id, req.km  # type: ignore[attr-defined]
         if not sid or not km:
             raise m.BadMessage(f"{req.TYPE}: empty session_id or km", req.TYPE)
+        publisher = bus.admission_in_km(topic)
+        if km != publisher:
+            raise m.BadMessage(f"{req.TYPE}: km {km!r} is not the publisher {publisher!r} "
+                               f"(topic {topic})", req.TYPE)
         if isinstance(req, m.ConfigRequest):
             self.config_request(req)
         elif isinstance(req, m.KeyRequest):
@@ -202,8 +207,12 @@ class AdmissionControl(Element):
         if not isinstance(prof, m.ProfileReply) or not prof.ok or prof.status != "active":
             self.reject(sid, km, f"rejected: user {user} unknown or disabled")
             return None, "user"
-        if sae not in {a.get("sae_id") for a in prof.applications or []}:
+        app = next((a for a in prof.applications or [] if a.get("sae_id") == sae), None)
+        if app is None:
             self.reject(sid, km, f"rejected: {sae} is not an application of {user}")
+            return None, "sae"
+        if app.get("km") != km:  # a KM asks only for the applications attached to it
+            self.reject(sid, km, f"rejected: {sae} is attached to {app.get('km')}, not {km}")
             return None, "sae"
         with self.lock:
             live = self._live_sessions_of(user, sid)
@@ -402,10 +411,21 @@ class AdmissionControl(Element):
                 return
             self._send_config(s, km, update=False)
 
+    def _off_path(self, s: dict[str, Any], km: str, what: str) -> bool:
+        """``km`` is not on the session's path (before routing: its endpoints): refused."""
+        ends = [e["km"] for e in (s["source"], s["destination"]) if e]
+        if km in (s.get("path", []) if s["state"] == "active" else ends):
+            return False
+        self.event("message_refused", s["session_id"], km=km, msg_type=what,
+                   reason=f"{km} is not on the path of this session")
+        return True
+
     def key_request(self, sid: str, km: str) -> None:
         with self.lock:
             s = self.sessions.get(sid)
             if s is None or s["state"] != "active":
+                return
+            if self._off_path(s, km, "key_request"):
                 return
             s["last_activity"] = time.time()
             s["deadline"] = s["last_activity"] + s.get("timeout_s", self.inactivity_s)
@@ -420,6 +440,8 @@ class AdmissionControl(Element):
         with self.lock:
             s = self.sessions.get(sid)
             if s is None or s["state"] not in LIVE:
+                return
+            if km is not None and self._off_path(s, km, why):
                 return
             self.event("close_received" if why == "close_request" else "session_" + why, sid,
                        km=km, state=s["state"])

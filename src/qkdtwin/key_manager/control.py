@@ -3,7 +3,8 @@
 
 Out: ``authenticate`` (req/rep on access/in), ``config_request``, ``key_request`` (coalesced:
 at most one per session per second, with the bits summed), ``close_request``,
-``deletion_confirm`` and ``config_resync`` on admission/in; events on events/<km>;
+``deletion_confirm`` and ``config_resync`` on admission/in/<km> (the broker lets only this KM
+write there); events on events/<km>;
 telemetry per link.
 In: ``session_config`` on km/<km>/config, ``session_delete`` on km/<km>/delete, and the
 retained link alarms on alarm/+ (a (re)connected KM gets every link's current state).
@@ -54,6 +55,7 @@ class Control:
     def __init__(self, node: str, bus: Bus | None, timeout_s: float = 5.0,
                  auth_cache_s: float = 30.0) -> None:
         self.node = node
+        self._admission = topics.admission_in(node)  # only this KM may write it
         self.bus = bus
         self.timeout_s = timeout_s
         self.auth_cache_s = auth_cache_s
@@ -145,13 +147,13 @@ class Control:
                        api: str, qos: dict[str, Any]) -> None:
         if self.bus is None or not self.bus.connected:
             raise ControlUnavailable("control plane unreachable (no broker connection)")
-        self._publish(topics.ADMISSION_IN, ConfigRequest(
+        self._publish(self._admission, ConfigRequest(
             km=self.node, session_id=session_id, user=user, sae_id=sae_id,
             peer_sae_id=peer_sae_id, api=api, qos=qos))
 
     def config_resync(self, session_id: str) -> None:
         """Ask admission to send this KM's session_config of a live session again."""
-        self._publish(topics.ADMISSION_IN, ConfigResync(km=self.node, session_id=session_id))
+        self._publish(self._admission, ConfigResync(km=self.node, session_id=session_id))
         self.event("config_resync", session_id)
 
     def key_request(self, session_id: str, bits: int) -> None:
@@ -161,11 +163,11 @@ class Control:
     def close_request(self, session_id: str, reason: str = "closed") -> None:
         with self._lock:
             self._pending_bits.pop(session_id, None)
-        self._publish(topics.ADMISSION_IN, CloseRequest(km=self.node, session_id=session_id,
+        self._publish(self._admission, CloseRequest(km=self.node, session_id=session_id,
                                                         reason=reason))
 
     def deletion_confirm(self, session_id: str) -> None:
-        self._publish(topics.ADMISSION_IN, DeletionConfirm(km=self.node, session_id=session_id))
+        self._publish(self._admission, DeletionConfirm(km=self.node, session_id=session_id))
 
     def event(self, kind: str, session_id: str | None = None, *, gate_s: float = 0.0,
               **fields: Any) -> None:
@@ -191,7 +193,7 @@ class Control:
         with self._lock:
             pending, self._pending_bits = self._pending_bits, {}
         for sid, bits in pending.items():
-            self._publish(topics.ADMISSION_IN, KeyRequest(km=self.node, session_id=sid,
+            self._publish(self._admission, KeyRequest(km=self.node, session_id=sid,
                                                           bits=bits))
 
     def _flush_loop(self) -> None:

@@ -31,12 +31,12 @@ def req(text: str) -> Any:
     return field(metadata=doc(text))
 
 
-# --- Key Manager → Admission Control (admission/in) ---------------------------------------
+# --- Key Manager → Admission Control (admission/in/<km>: only that KM writes it) ---
 
 @dataclass(kw_only=True)
 class ConfigRequest(Message):
     TYPE = "config_request"
-    TOPIC = "`admission/in`"
+    TOPIC = "`admission/in/<km>`"
     NOTE = ("With `api: 014` admission does not wait for the slave to register: the "
             "master's request configures the whole path.")
     km: str
@@ -54,7 +54,7 @@ class ConfigRequest(Message):
 @dataclass(kw_only=True)
 class KeyRequest(Message):
     TYPE = "key_request"
-    TOPIC = "`admission/in`"
+    TOPIC = "`admission/in/<km>`"
     NOTE = "resets admission's session timer"
     km: str
     session_id: str
@@ -64,7 +64,7 @@ class KeyRequest(Message):
 @dataclass(kw_only=True)
 class CloseRequest(Message):
     TYPE = "close_request"
-    TOPIC = "`admission/in`"
+    TOPIC = "`admission/in/<km>`"
     km: str
     session_id: str
     reason: str = "closed"
@@ -73,7 +73,7 @@ class CloseRequest(Message):
 @dataclass(kw_only=True)
 class DeletionConfirm(Message):
     TYPE = "deletion_confirm"
-    TOPIC = "`admission/in`"
+    TOPIC = "`admission/in/<km>`"
     km: str
     session_id: str
 
@@ -81,7 +81,7 @@ class DeletionConfirm(Message):
 @dataclass(kw_only=True)
 class ConfigResync(Message):
     TYPE = "config_resync"
-    TOPIC = "`admission/in`"
+    TOPIC = "`admission/in/<km>`"
     NOTE = ("the KM has no forwarding entry for a session a neighbour relays on (its "
             "`session_config` was published while it was down or not yet subscribed); "
             "admission re-sends that KM's `session_config` (`update: false`) if the session "

@@ -23,7 +23,12 @@ def free_port() -> int:
 class TestBroker:
     __test__ = False
 
-    def __init__(self, directory: Path, ca: TestCA, acl: str = ALLOW_ALL_ACL) -> None:
+    def __init__(self, directory: Path, ca: TestCA, acl: str = ALLOW_ALL_ACL,
+                 username: str = "identity") -> None:
+        """``username``: ``identity`` (the certificate's CN) or ``subject`` (its whole
+        subject, RFC 2253 ``CN=..,OU=..``, as the lab's broker: role mqtt_broker)."""
+        if username not in ("identity", "subject"):
+            raise ValueError(f"username: identity or subject, not {username!r}")
         if not shutil.which("mosquitto"):
             raise RuntimeError("mosquitto is not installed (make deps installs it)")
         self.dir = Path(directory)
@@ -40,7 +45,7 @@ class TestBroker:
             f"log_dest stdout\n"
             f"listener {self.port} 127.0.0.1\n"
             f"cafile {ca.ca}\ncertfile {server.cert}\nkeyfile {server.key}\n"
-            f"require_certificate true\nuse_identity_as_username true\n"
+            f"require_certificate true\nuse_{username}_as_username true\n"
             f"tls_version tlsv1.2\n"
             f"acl_file {self.dir / 'acl'}\n"
         )

@@ -65,10 +65,12 @@ class TestCA:
         """Issue a certificate usable as TLS server and client; ``ca`` signs instead."""
         signer = ca or self
         key = ec.generate_private_key(ec.SECP256R1())
-        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                 x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou)]
+        # O, OU, CN: the order of role pki (community.crypto), so that a broker with
+        # use_subject_as_username sees the same "CN=<cn>,OU=<ou>[,O=<o>]" as in a lab.
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),
+                 x509.NameAttribute(NameOID.COMMON_NAME, cn)]
         if o:
-            attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, o))
+            attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, o))
         alt: list[x509.GeneralName] = []
         for s in sans:
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from qkdtwin.topology.model import Application, Node, User
+from qkdtwin.topology.model import ROLES, Application, Node, User
 from qkdtwin.topology.values import check_count, typename
 
 USER_STATUSES = ("active", "disabled")
@@ -13,6 +13,10 @@ SLA_FIELDS = ("max_priority", "max_key_rate", "max_key_size", "max_sessions",
               "allowed_destinations")
 _SAE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Identities an application certificate must never carry: the broker maps a certificate to
+# its rights by CN (and OU), the SDN controller and the KMs know nodes by CN.
+RESERVED_IDS = {"host": "the operator's identity (certificate CN host)",
+                **{r: f"the name of the {r} role" for r in ROLES}}
 
 
 def build_users(data: dict, nodes: dict[str, Node]) -> tuple[list[User], list[str]]:
@@ -121,6 +125,7 @@ def _applications(where: str, uname: str, raw_apps: Any, nodes: dict[str, Node],
                       f"(letters, digits, '._-')")
         else:
             aw = f"{where}: application {sae}"
+            up += _identity_clash(aw, sae, nodes)
             if sae in sae_owner:
                 up.append(f"{aw}: sae_id: already used by user {sae_owner[sae]}")
             sae_owner[sae] = uname
@@ -131,3 +136,17 @@ def _applications(where: str, uname: str, raw_apps: Any, nodes: dict[str, Node],
         if isinstance(sae, str) and isinstance(km, str):
             apps.append(Application(sae_id=sae, km=km))
     return apps, up
+
+
+def _identity_clash(aw: str, sae: str, nodes: dict[str, Node]) -> list[str]:
+    """An SAE ID that equals another identity of the lab (case-insensitively, as host names
+    compare): its certificate would claim that identity's rights."""
+    low = sae.lower()
+    node = next((n for n in nodes if n.lower() == low), None)
+    if node is not None:
+        return [f"{aw}: sae_id: {sae!r} clashes with node {node} of the lab (an application "
+                f"certificate must not carry a node's name); rename the application"]
+    if low in RESERVED_IDS:
+        return [f"{aw}: sae_id: {sae!r} clashes with {RESERVED_IDS[low]}; rename the "
+                f"application"]
+    return []
