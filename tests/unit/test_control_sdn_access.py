@@ -173,6 +173,10 @@ def test_users_cli(access, broker, test_ca, tmp_path, monkeypatch, capsys):
     assert access.db.get("carol")["status"] == "disabled"
     assert cli_main(["users", "disable", "star6", "nobody"]) == 2
     assert "unknown user nobody" in capsys.readouterr().err
+    # an application named like a node would claim its identity: refused before asking
+    assert cli_main(["users", "add", "star6", "eve", "--sae", "km1@km2"]) == 2
+    assert "sae_id: 'km1' clashes with node km1" in capsys.readouterr().err
+    assert access.db.get("eve") is None
     assert cli_main(["users", "list", "star6", "--json"]) == 0
     assert any(u["name"] == "carol" for u in yaml.safe_load(capsys.readouterr().out))
     with pytest.raises(SystemExit):

@@ -13,6 +13,7 @@ from qkdtwin import messages as m
 from qkdtwin.bus import BrokerConfig, Bus, RequestTimeout
 from qkdtwin.errors import UserError
 from qkdtwin.labops.lab import DeployedLab
+from qkdtwin.topology.users import identity_clash
 
 
 def lab_connection(lab_ref: str) -> BrokerConfig:
@@ -65,6 +66,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    nodes = list(DeployedLab.load(args.lab).lab.nodes)
+    for app in args.sae or []:
+        clash = identity_clash(app["sae_id"], nodes)
+        if clash:
+            raise UserError(f"application {app['sae_id']}: sae_id: {clash}")
     rec = {"name": args.name, "status": "disabled" if args.disabled else "active",
            "sla": {"max_priority": args.max_priority, "max_key_rate": args.max_key_rate,
                    "max_key_size": args.max_key_size, "max_sessions": args.max_sessions,

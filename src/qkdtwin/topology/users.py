@@ -125,7 +125,9 @@ def _applications(where: str, uname: str, raw_apps: Any, nodes: dict[str, Node],
                       f"(letters, digits, '._-')")
         else:
             aw = f"{where}: application {sae}"
-            up += _identity_clash(aw, sae, nodes)
+            clash = identity_clash(sae, nodes)
+            if clash:
+                up.append(f"{aw}: sae_id: {clash}")
             if sae in sae_owner:
                 up.append(f"{aw}: sae_id: already used by user {sae_owner[sae]}")
             sae_owner[sae] = uname
@@ -138,15 +140,15 @@ def _applications(where: str, uname: str, raw_apps: Any, nodes: dict[str, Node],
     return apps, up
 
 
-def _identity_clash(aw: str, sae: str, nodes: dict[str, Node]) -> list[str]:
-    """An SAE ID that equals another identity of the lab (case-insensitively, as host names
-    compare): its certificate would claim that identity's rights."""
+def identity_clash(sae: str, nodes: dict[str, Node] | list[str]) -> str | None:
+    """Why SAE ID ``sae`` may not be used (None: it may): it equals another identity of the
+    lab (case-insensitively, as host names compare), whose rights its certificate would
+    claim."""
     low = sae.lower()
     node = next((n for n in nodes if n.lower() == low), None)
     if node is not None:
-        return [f"{aw}: sae_id: {sae!r} clashes with node {node} of the lab (an application "
-                f"certificate must not carry a node's name); rename the application"]
+        return (f"{sae!r} clashes with node {node} of the lab (an application certificate "
+                f"must not carry a node's name); rename the application")
     if low in RESERVED_IDS:
-        return [f"{aw}: sae_id: {sae!r} clashes with {RESERVED_IDS[low]}; rename the "
-                f"application"]
-    return []
+        return f"{sae!r} clashes with {RESERVED_IDS[low]}; rename the application"
+    return None
