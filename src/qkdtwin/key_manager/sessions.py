@@ -36,8 +36,10 @@ _NS = uuid.UUID("6f1c3a52-8d0e-4b7e-9a51-2c4d5e6f7a8b")
 
 @functools.lru_cache(maxsize=4096)
 def session_id_014(master: str, slave: str) -> str:
-    """The session id a KM derives for an ETSI 014 (master, slave) pair."""
-    return str(uuid.uuid5(_NS, f"014|{master}|{slave}"))
+    """The session id a KM derives for an ETSI 014 (master, slave) pair: ``014-`` and 32 hex
+    digits, never a UUID, so that no ETSI 004 key stream (whose ids are UUIDs) can take the
+    id of a 014 pair and block it (issue 13, M6)."""
+    return "014-" + uuid.uuid5(_NS, f"014|{master}|{slave}").hex
 
 
 class InvalidTransition(RuntimeError):

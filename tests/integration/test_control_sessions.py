@@ -1,0 +1,126 @@
+"""Sessions against squatting, disabled users and borrowed names (issue 13, M3 and M6): the
+real control plane (five element processes) with real Key Managers km0 – km1 – km2 on
+loopback (fake QKD modules), users managed as `qkdtwin users` does (operator requests on
+``access/admin``)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from qkdtwin import bus
+from qkdtwin.bus import BrokerConfig
+from qkdtwin.key_manager.sessions import session_id_014
+from tests.support.control import ControlPlane, broker_cfg, make_bus, wait_for
+from tests.support.km_cluster import KmCluster, sae_session
+
+pytestmark = pytest.mark.integration
+
+LINKS = [("km0", "km1"), ("km1", "km2")]
+SLA = {"max_priority": 9, "max_key_rate": 10**6, "max_key_size": 1024, "max_sessions": 8,
+       "allowed_destinations": ["*"]}
+
+
+def pinned_session(ca, sae: str, user: str) -> tuple[requests.Session, str]:
+    """An application's client and the SHA-256 fingerprint of its certificate."""
+    s = sae_session(ca, sae, user)
+    pem = open(s.cert[0], "rb").read()
+    return s, x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, test_ca):
+    from tests.support.broker import TestBroker
+    d = tmp_path_factory.mktemp("ctlsessions")
+    pinned, fp = pinned_session(test_ca, "sae-p0", "pinned")
+    users = [
+        {"name": "ops", "status": "active", "sla": SLA,
+         "applications": [{"sae_id": "sae-0", "km": "km0"}, {"sae_id": "sae-1", "km": "km1"},
+                          {"sae_id": "sae-2", "km": "km2"}]},
+        {"name": "research", "status": "active", "sla": SLA,
+         "applications": [{"sae_id": "sae-r0", "km": "km0"},
+                          {"sae_id": "sae-r2", "km": "km2"}]},
+        {"name": "pinned", "status": "active", "sla": SLA,
+         "applications": [{"sae_id": "sae-p0", "km": "km0", "fingerprint": fp}]},
+    ]
+    owner = {a["sae_id"]: u["name"] for u in users for a in u["applications"]}
+    broker = TestBroker(d / "broker", test_ca).start()
+    plane = ControlPlane(broker, test_ca, d, users, overrides={
+        "admission": {"peer_wait_s": 30}})
+    cluster = KmCluster(d / "kms", test_ca, broker.port, LINKS,
+                        extra={"sdn": {"url": plane.sdn_url}})
+    for n in cluster.nodes:
+        cluster.start_node(n)
+    for n in cluster.nodes:  # generous: the machine is shared
+        cluster.wait_healthy(n, timeout=60)
+    # every KM registered its node and links at the SDN controller
+    wait_for(lambda: plane.health("routing")["links"] == len(LINKS), timeout=15)
+    host = make_bus(broker, test_ca, "host")
+    events: list[dict] = []
+    host.subscribe(f"{bus.PREFIX}/events/#", lambda t, p, msg: events.append(p))
+    saes = {s: sae_session(test_ca, s, owner[s]) for s in owner if s != "sae-p0"}
+    saes["sae-p0"] = pinned
+    operator = BrokerConfig.from_dict(broker_cfg(broker, test_ca, "host"))
+    yield {"plane": plane, "cluster": cluster, "saes": saes, "ca": test_ca, "events": events,
+           "operator": operator}
+    host.stop()
+    cluster.stop()
+    plane.stop()
+    broker.stop()
+
+
+def url(lab, n):
+    return lab["cluster"].url(n)
+
+
+def enc_keys(lab, sae, km, slave, number=1):
+    return lab["saes"][sae].post(f"{url(lab, km)}/api/v1/keys/{slave}/enc_keys",
+                                 json={"number": number}, timeout=30)
+
+
+def open_pair(lab, a, a_km, b, b_km):
+    sid = str(uuid.uuid4())
+    body = {"source": a, "destination": b, "key_stream_id": sid,
+            "qos": {"key_chunk_size": 32, "timeout": 300}}
+    r = lab["saes"][a].post(f"{url(lab, a_km)}/api/v1/qkd004/open_connect", json=body)
+    assert r.status_code == 200 and r.json()["status"] in (0, 1), r.text
+    r = lab["saes"][b].post(f"{url(lab, b_km)}/api/v1/qkd004/open_connect",
+                            json={**body, "source": b, "destination": a,
+                                  "qos": {**body["qos"], "timeout": 15000}})
+    assert r.status_code == 200 and r.json()["status"] == 0, r.text
+    return sid
+
+
+# -- M6: an ETSI 004 stream cannot squat the id of an ETSI 014 pair -----------------------------
+
+def test_004_stream_cannot_take_the_id_of_a_014_pair(lab):
+    """Finding M6: the ETSI 014 session id of a pair was a UUID anyone could compute, and a
+    key stream may be opened with any UUID: another user's application opened a stream with
+    the id of the sae-0 → sae-1 pair (waiting for its peer, renewed every peer_wait_s) and
+    admission refused the pair's own session. Now the spaces are apart."""
+    sid = session_id_014("sae-0", "sae-1")
+    squat = {"source": "sae-r2", "destination": "sae-r0", "key_stream_id": sid,
+             "qos": {"key_chunk_size": 32, "timeout": 300}}
+    res: dict = {}
+
+    def attack():  # OPEN_CONNECT blocks up to the QoS timeout waiting for the peer
+        res["r"] = lab["saes"]["sae-r2"].post(f"{url(lab, 'km2')}/api/v1/qkd004/open_connect",
+                                              json=squat, timeout=30)
+
+    t = threading.Thread(target=attack)
+    t.start()
+    t.join(30)
+    r = enc_keys(lab, "sae-0", "km0", "sae-1", number=2)
+    assert r.status_code == 200, r.text  # the pair is not blocked
+    keys = r.json()["keys"]
+    r = lab["saes"]["sae-1"].post(f"{url(lab, 'km1')}/api/v1/keys/sae-0/dec_keys",
+                                  json={"key_IDs": [{"key_ID": k["key_ID"]} for k in keys]})
+    assert r.status_code == 200 and r.json()["keys"] == keys, r.text
+    # the squatter was refused with a clear answer
+    assert res["r"].status_code == 400 and res["r"].json()["status"] == 10, res["r"].text
+    assert "UUID" in res["r"].json()["message"]
