@@ -65,6 +65,12 @@ ACCESS_IN = f"{PREFIX}/access/in"
 # Operator requests (user management): only the operator identity `host` may write here.
 ACCESS_ADMIN = f"{PREFIX}/access/admin"
 ROUTING_IN = f"{PREFIX}/routing/in"
+
+
+def access_revoked(user: str) -> str:
+    """Retained revocation of a disabled user (access control → every KM)."""
+    return f"{PREFIX}/access/revoked/{user}"
+
 TOPOLOGY = f"{PREFIX}/topology"
 
 
@@ -268,6 +274,10 @@ class Bus:
         payload.setdefault("ts", now())
         self._client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=qos,
                              retain=retain, properties=properties)
+
+    def clear_retained(self, topic: str) -> None:
+        """Remove the broker's retained message of ``topic`` (an empty retained publish)."""
+        self._client.publish(topic, b"", qos=1, retain=True)
 
     def request(self, topic: str, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         """Publish a request and wait for its reply (MQTT v5 request/response)."""

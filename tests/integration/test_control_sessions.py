@@ -14,10 +14,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from qkdtwin import bus
+from qkdtwin import messages as m
 from qkdtwin.bus import BrokerConfig
+from qkdtwin.control.cli import ask_access
 from qkdtwin.key_manager.sessions import session_id_014
 from tests.support.control import ControlPlane, broker_cfg, make_bus, wait_for
-from tests.support.km_cluster import KmCluster, sae_session
+from tests.support.km_cluster import KmCluster, get_key_until, sae_session
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +126,76 @@ def test_004_stream_cannot_take_the_id_of_a_014_pair(lab):
     # the squatter was refused with a clear answer
     assert res["r"].status_code == 400 and res["r"].json()["status"] == 10, res["r"].text
     assert "UUID" in res["r"].json()["message"]
+
+
+# -- M3: live sessions follow access control ---------------------------------------------------
+
+def terminated_at(lab, sid):
+    """The KMs that reported session ``sid`` TERMINATED."""
+    return {e["element"] for e in list(lab["events"]) if e.get("kind") == "session_state"
+            and e.get("session_id") == sid and e.get("new") == "TERMINATED"}
+
+
+def test_disabling_a_user_ends_its_live_sessions_at_every_km(lab):
+    """Finding M3: live sessions were never authenticated again: a user disabled with
+    `qkdtwin users disable` kept receiving keys on its open ETSI 014 session and 004 stream.
+    Now access control's retained revocation ends them at every KM of their paths (km1 is a
+    transit for both) and the applications are refused from then on."""
+    url0, url2 = url(lab, "km0"), url(lab, "km2")
+    sid4 = open_pair(lab, "sae-0", "km0", "sae-2", "km2")
+    got = get_key_until(lab["saes"]["sae-0"], url0, sid4, patience_s=20).json()
+    assert got["status"] == 0, got
+    r = enc_keys(lab, "sae-0", "km0", "sae-2", number=2)
+    assert r.status_code == 200, r.text
+    keys = r.json()["keys"]
+    sid14 = session_id_014("sae-0", "sae-2")
+    try:
+        # what `qkdtwin users disable LAB ops` sends, as the operator
+        assert ask_access(lab["operator"], m.UserDisable(name="ops"))["user"]["status"] \
+            == "disabled"
+        for sid in (sid4, sid14):
+            wait_for(lambda sid=sid: terminated_at(lab, sid) >= {"km0", "km1", "km2"},
+                     timeout=10, what=f"{sid} terminated at km0, km1 and km2")
+        r = enc_keys(lab, "sae-0", "km0", "sae-2")
+        assert r.status_code == 401 and "disabled" in r.json()["message"], r.text
+        r = lab["saes"]["sae-2"].post(f"{url2}/api/v1/keys/sae-0/dec_keys",
+                                      json={"key_IDs": [{"key_ID": k["key_ID"]} for k in keys]})
+        assert r.status_code == 401 and "disabled" in r.json()["message"], r.text
+        for sae, u in (("sae-0", url0), ("sae-2", url2)):
+            r = lab["saes"][sae].post(f"{u}/api/v1/qkd004/get_key",
+                                      json={"key_stream_id": sid4})
+            assert r.json()["status"] == 4 and "not authorised" in r.json()["message"], r.text
+    finally:
+        ask_access(lab["operator"], m.UserEnable(name="ops"))
+    # enabled again (the retained revocation is cleared): a new session opens
+    r = wait_for(lambda: (lambda r: r if r.status_code == 200 else None)(
+        enc_keys(lab, "sae-0", "km0", "sae-2")), timeout=10, what="keys after enable")
+    assert len(r.json()["keys"]) == 1
+
+
+def test_sessions_are_bound_to_the_certificate_fingerprint(lab):
+    """Finding M3: a live session was found from the certificate's CN alone, so another
+    certificate with the same CN got its keys even where access control pins the
+    application's fingerprint. Now an ETSI 014 request from another certificate is judged by
+    access control again, and an ETSI 004 stream answers only the certificate that opened
+    its side."""
+    legit = lab["saes"]["sae-p0"]
+    impostor = sae_session(lab["ca"], "sae-p0", "pinned")  # same CN and O, another key
+    r = enc_keys(lab, "sae-p0", "km0", "sae-1")
+    assert r.status_code == 200, r.text
+    r = impostor.post(f"{url(lab, 'km0')}/api/v1/keys/sae-1/enc_keys", json={}, timeout=30)
+    assert r.status_code == 401 and "fingerprint" in r.json()["message"], r.text
+    r = impostor.get(f"{url(lab, 'km0')}/api/v1/keys/sae-1/status", timeout=30)
+    assert r.status_code == 401, r.text
+    sid = open_pair(lab, "sae-p0", "km0", "sae-1", "km1")
+    got = get_key_until(legit, url(lab, "km0"), sid, patience_s=20).json()
+    assert got["status"] == 0, got
+    for op in ("get_key", "close"):
+        r = impostor.post(f"{url(lab, 'km0')}/api/v1/qkd004/{op}", json={"key_stream_id": sid},
+                          timeout=30)
+        assert r.status_code == 403 and r.json()["status"] == 10, r.text
+        assert "another certificate" in r.json()["message"]
+    # the owner is not disturbed
+    got2 = get_key_until(legit, url(lab, "km0"), sid, patience_s=20).json()
+    assert got2["status"] == 0 and got2["index"] == got["index"] + 1, got2
+    assert enc_keys(lab, "sae-p0", "km0", "sae-1").status_code == 200

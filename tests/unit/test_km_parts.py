@@ -275,3 +275,31 @@ def test_forwarding_table_update_and_wait():
     assert old.next_hop == "km2" and ft.get("s").next_hop == "km3"
     assert ft.wait("nope", 0.05) is None
     assert ft.remove("s") and ft.get("s") is None
+
+
+def test_revocation_matches_sessions_of_the_user_or_its_applications():
+    """Finding M3: which sessions a user's revocation ends (either end, or the user)."""
+    saes = {"sae-0", "sae-1"}
+    mine = Session(session_id="a", api="014", state="OPERATIVE", user="ops",
+                   local_sae_id="sae-0", peer_sae_id="sae-9")
+    peer = Session(session_id="b", api="004", state="OPERATIVE", user="other",
+                   local_sae_id="sae-8", peer_sae_id="sae-1")
+    app = Session(session_id="c", api="004", state="USER_ACCEPTED", apps={"sae-1": "?"})
+    other = Session(session_id="d", api="014", state="OPERATIVE", user="other",
+                    local_sae_id="sae-8", peer_sae_id="sae-9")
+    done = Session(session_id="e", api="014", state="TERMINATED", user="ops")
+    assert [s.ended_for("ops", saes) for s in (mine, peer, app, other, done)] == [
+        True, True, True, False, False]
+    s = Session.from_dict({**mine.to_dict(), "certs": {"sae-0": "ab"}})
+    assert s.certs == {"sae-0": "ab"}
+
+
+def test_control_forgets_the_authentications_of_a_revoked_user():
+    from qkdtwin.key_manager.control import Control
+    from qkdtwin.messages import AuthResult
+    c = Control("km0", None)
+    c._auth_cache = {("f1", "p"): (0.0, AuthResult(ok=True, sae_id="sae-0", user="ops")),
+                     ("f2", "p"): (0.0, AuthResult(ok=True, sae_id="sae-5", user="x")),
+                     ("f3", "p"): (0.0, AuthResult(ok=True, sae_id="sae-7", user="x"))}
+    c.forget_auth("ops", {"sae-7"})
+    assert list(c._auth_cache) == [("f2", "p")]

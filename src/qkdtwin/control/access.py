@@ -12,6 +12,11 @@ broker ACL), so a KM cannot manage users:
 * ``user_list`` / ``user_add`` {user: record} / ``user_disable`` {name} / ``user_enable``
   {name} (operator, ``qkdtwin users``) → {ok, users | user | reason}.
 
+Revocations: a disabled user has a retained ``revocation`` {user, sae_ids} on
+``qkd/v1/access/revoked/<user>`` (published when disabled, cleared when enabled, all of them
+again at every broker connection): every KM ends that user's live sessions and forgets its
+cached authentications (issue 13, M3).
+
 Config (besides docs of control.common): ``db`` (default ``<data_dir>/users.db``),
 ``users`` (the users file's list) or ``users_file`` (path), ``seed_overwrite`` (bool).
 """
@@ -79,6 +84,23 @@ class AccessControl(Element):
     def setup(self) -> None:
         self.bus.subscribe(bus.ACCESS_IN, self.on_request)
         self.bus.subscribe(bus.ACCESS_ADMIN, self.on_admin_request)
+        self.bus.on_connected(self._publish_revocations)
+
+    def _publish_revocations(self) -> None:
+        """Every user's revocation state, retained (a broker restart loses retained ones)."""
+        for u in self.db.list():
+            self._revocation(u["name"])
+
+    def _revocation(self, name: str) -> None:
+        """Publish (disabled) or clear (active or unknown) the retained revocation of ``name``."""
+        u = self.db.get(name)
+        topic = bus.access_revoked(name)
+        if u is None or u["status"] == "active":
+            self.bus.clear_retained(topic)
+            return
+        self.bus.publish(topic, m.Revocation(
+            user=name, sae_ids=[a["sae_id"] for a in u["applications"]]).to_payload(),
+            retain=True)
 
     def healthz(self) -> dict[str, Any]:
         return {**super().healthz(), "users": len(self.db.list())}
@@ -143,12 +165,14 @@ class AccessControl(Element):
         u = self.db.upsert(req.user)
         self.event("user_added", user=u["name"], status=u["status"],
                    applications=[a["sae_id"] for a in u["applications"]])
+        self._revocation(u["name"])
         return m.UserReply(ok=True, user=self.db.get(u["name"]))
 
     def _set_status(self, name: str, status: str) -> m.UserReply:
         if not self.db.set_status(name, status):
             return m.UserReply(ok=False, reason=f"unknown user {name}")
         self.event("user_" + ("disabled" if status == "disabled" else "enabled"), user=name)
+        self._revocation(name)
         return m.UserReply(ok=True, user=self.db.get(name))
 
     def user_disable(self, req: m.UserDisable) -> m.UserReply:

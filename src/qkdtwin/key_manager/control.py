@@ -6,8 +6,9 @@ at most one per session per second, with the bits summed), ``close_request``,
 ``deletion_confirm`` and ``config_resync`` on admission/in/<km> (the broker lets only this KM
 write there); events on events/<km>;
 telemetry per link.
-In: ``session_config`` on km/<km>/config, ``session_delete`` on km/<km>/delete, and the
-retained link alarms on alarm/+ (a (re)connected KM gets every link's current state).
+In: ``session_config`` on km/<km>/config, ``session_delete`` on km/<km>/delete, the
+retained link alarms on alarm/+ (a (re)connected KM gets every link's current state) and the
+retained revocations of disabled users on access/revoked/+ (an empty payload: cleared).
 
 Every payload is a :mod:`qkdtwin.messages` class. An inbound payload that does not decode
 (not JSON, wrong type, missing or mistyped field, unknown version, too large) raises
@@ -38,6 +39,7 @@ from qkdtwin.messages import (
     KmTelemetry,
     LinkAlarm,
     Message,
+    Revocation,
     SessionConfig,
     SessionDelete,
     decode,
@@ -68,7 +70,8 @@ class Control:
 
     def start(self, on_config: Callable[[SessionConfig], None],
               on_delete: Callable[[SessionDelete], None],
-              on_alarm: Callable[[str, LinkAlarm], None] | None = None) -> Control:
+              on_alarm: Callable[[str, LinkAlarm], None] | None = None,
+              on_revoked: Callable[[Revocation], None] | None = None) -> Control:
         if self.bus is not None:
             # decode() raises BadMessage on a malformed payload: logged and dropped by the bus
             self.bus.on_malformed(self._malformed)
@@ -79,6 +82,9 @@ class Control:
             if on_alarm is not None:
                 self.bus.subscribe(topics.alarm("+"),
                                    lambda t, p, m: on_alarm(t, decode(p, LinkAlarm)))
+            if on_revoked is not None:
+                self.bus.subscribe(topics.access_revoked("+"), lambda t, p, m: (
+                    on_revoked(decode(p, Revocation)) if p.get("type") else None))
             self.bus.start(wait=5)
         threading.Thread(target=self._flush_loop, daemon=True, name="key-request").start()
         return self
@@ -142,6 +148,13 @@ class Control:
             with self._lock:
                 self._auth_cache[key] = (now, rep)
         return rep
+
+    def forget_auth(self, user: str, sae_ids: set[str]) -> None:
+        """Drop the cached authentications of ``user`` and of applications ``sae_ids``."""
+        with self._lock:
+            for k in [k for k, (_, rep) in self._auth_cache.items()
+                      if rep.user == user or rep.sae_id in sae_ids]:
+                del self._auth_cache[k]
 
     def config_request(self, session_id: str, user: str, sae_id: str, peer_sae_id: str,
                        api: str, qos: dict[str, Any]) -> None:

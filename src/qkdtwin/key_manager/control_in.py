@@ -1,6 +1,6 @@
 """Control plane in: ``session_config`` (a new session, or ``update`` after re-routing) and
 ``session_delete`` from admission control, applied to the sessions and the forwarding
-table."""
+table; ``revocation`` of a disabled user from access control, which ends its sessions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from qkdtwin.key_manager.production import KeyProduction
 from qkdtwin.key_manager.sessions import OPERATIVE, TERMINATED, USER_ACCEPTED, Session
 from qkdtwin.key_manager.shared import Part, Shared
 from qkdtwin.key_manager.token_bucket import TokenBucket
-from qkdtwin.messages import SessionConfig, SessionDelete
+from qkdtwin.messages import Revocation, SessionConfig, SessionDelete
 
 log = logging.getLogger("qkdtwin.key_manager")
 
@@ -78,6 +78,22 @@ class ControlInput(Part):
             if m.peer_km:
                 s.peer_km = m.peer_km
             s.touch()
+
+    def on_revoked(self, m: Revocation) -> None:
+        """A user disabled at access control: its applications' cached authentications go,
+        and every session of the user or of one of its applications ends here at once (each
+        KM of the path does the same; ``close_request`` lets admission free the path)."""
+        saes = set(m.sae_ids)
+        self.control.forget_auth(m.user, saes)
+        for s in self.sessions.all():
+            if not s.ended_for(m.user, saes):
+                continue
+            reason = f"not authorised any more: user {m.user} {m.reason.removeprefix('user ')}"
+            if self.sessions.transition(s, TERMINATED, reason):
+                self.forwarding.remove(s.session_id)
+                self.release(s)
+                self.control.close_request(s.session_id, "revoked")
+                self.control.event("session_revoked", s.session_id, user=m.user)
 
     def on_delete(self, m: SessionDelete) -> None:
         """``session_delete``: the session ends here; confirmed to admission control."""

@@ -46,6 +46,8 @@ class Establishment(Part):
             self.sessions.transition(s, TERMINATED, exc.message)
             raise
         s.user = rep.user or ident.o
+        with s.cond:
+            s.certs[ident.cn] = ident.fingerprint
         cap_bits = (rep.sla or {}).get("max_key_size")
         if isinstance(cap_bits, int) and not isinstance(cap_bits, bool) and cap_bits > 0:
             s.qos["sla_max_key_size"] = cap_bits  # ETSI 014 sizes are checked per request
@@ -69,6 +71,28 @@ class Establishment(Part):
             raise KmError("unavailable", str(exc), status004=4) from None
         with s.cond:
             s.cond.wait_for(lambda: s.state != USER_ACCEPTED, wait_s)
+
+    def bind(self, s: Session, ident: Identity, peer_sae_id: str | None) -> None:
+        """A request on the live session ``s`` (ETSI 014, or an application joining): the
+        session is bound to the certificate access control accepted; another certificate
+        with the same CN is judged by access control again (its pinned fingerprint, the
+        user's status) and the session moves to it only if accepted."""
+        if s.certs.get(ident.cn) == ident.fingerprint:
+            return
+        self.authenticate(ident, peer_sae_id, s.session_id)
+        with s.cond:
+            s.certs[ident.cn] = ident.fingerprint
+
+    def check_owner(self, s: Session, ident: Identity) -> None:
+        """ETSI 004 GET_KEY/CLOSE: only the certificate that opened its side of stream ``s``
+        (a side without a binding yet, e.g. restored from an older store, is bound now)."""
+        fp = s.certs.get(ident.cn)
+        if fp is None:
+            self.bind(s, ident, s.peer_sae_id if ident.cn == s.local_sae_id
+                      else s.local_sae_id)
+        elif fp != ident.fingerprint:
+            raise KmError("forbidden", f"key stream {s.session_id} was opened by another"
+                          f" certificate of SAE {ident.cn}", status004=10)
 
     @staticmethod
     def wait_live(s: Session, wait_s: float) -> None:

@@ -145,7 +145,7 @@ class KeyManager:
         for pool in self.pools.values():
             pool.start()
         self.control.start(self.control_in.on_config, self.control_in.on_delete,
-                           self.quarantine.on_alarm)
+                           self.quarantine.on_alarm, self.control_in.on_revoked)
         self.housekeeping.start()
         self.relay_out.start()
         log.info("key manager %s started", self.node,

@@ -83,6 +83,8 @@ class Etsi004Service(Part):
                 return OpenResult(5, s, "key_stream_id already in use")
             # the second application of a pair on this KM (or config came first)
             self.establish.authenticate(ident, peer, sid)
+            with s.cond:
+                s.certs[ident.cn] = ident.fingerprint
             s.apps[ident.cn] = "?"
             if s.live:
                 return OpenResult(0, s, "connected")
@@ -116,6 +118,7 @@ class Etsi004Service(Part):
                           status004=10)
         if s.state == TERMINATED:
             return {"status": 4, "message": f"key stream closed: {s.reason}"}
+        self.establish.check_owner(s, ident)
         if not s.live:
             return {"status": 3, "message": "peer application not yet connected"}
         side = _side(s, ident.cn)
@@ -231,6 +234,8 @@ class Etsi004Service(Part):
         if s is None or ident.cn not in s.apps:
             raise KmError("not_found", f"no key stream {sid} open for SAE {ident.cn}",
                           status004=10)
+        if s.state != TERMINATED:
+            self.establish.check_owner(s, ident)
         s.apps.pop(ident.cn, None)
         self.control.close_request(sid, "closed")
         if not s.apps:

@@ -63,6 +63,7 @@ class Etsi014Service(Part):
             raise self.establish.refusal(s)
         if s.role != "source":
             raise KmError("refused", f"this KM is not the source of session {sid}")
+        self.establish.bind(s, ident, slave)  # another certificate: access control again
         return s
 
     def status(self, ident: Identity, slave: str) -> dict[str, Any]:

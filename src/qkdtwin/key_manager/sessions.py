@@ -62,6 +62,8 @@ class Session:
     peer_km: str | None = None
     qos: dict[str, Any] = field(default_factory=dict)
     apps: dict[str, str] = field(default_factory=dict)   # local SAE → 'src' | 'dst'
+    # local SAE → SHA-256 fingerprint of the certificate access control accepted for it
+    certs: dict[str, str] = field(default_factory=dict)
     reason: str | None = None
     last_activity: float = field(default_factory=time.monotonic)
     cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
@@ -71,6 +73,12 @@ class Session:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    def ended_for(self, user: str, sae_ids: set[str]) -> bool:
+        """Whether a revocation of ``user`` (and its applications ``sae_ids``) ends this."""
+        return self.state != TERMINATED and (
+            self.user == user or self.local_sae_id in sae_ids or self.peer_sae_id in sae_ids
+            or any(a in sae_ids for a in self.apps))
 
     @property
     def live(self) -> bool:
@@ -84,7 +92,7 @@ class Session:
                            if self.bucket else None),
                 "timeout_s": self.timeout_s, "key_size": self.key_size,
                 "peer_km": self.peer_km, "qos": self.qos, "apps": self.apps,
-                "reason": self.reason}
+                "certs": self.certs, "reason": self.reason}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Session:
@@ -95,7 +103,7 @@ class Session:
                    bucket=TokenBucket(b["size_bits"], b["rate_bps"]) if b else None,
                    timeout_s=d.get("timeout_s", 60.0), key_size=d.get("key_size", 256),
                    peer_km=d.get("peer_km"), qos=d.get("qos") or {}, apps=d.get("apps") or {},
-                   reason=d.get("reason"))
+                   certs=d.get("certs") or {}, reason=d.get("reason"))
 
 
 class SessionTable:

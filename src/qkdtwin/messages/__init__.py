@@ -46,6 +46,7 @@ from qkdtwin.messages.catalog import (
     ProfileRequest,
     Release,
     Released,
+    Revocation,
     SaeReply,
     SessionConfig,
     SessionDelete,
@@ -70,7 +71,7 @@ ROUTING_IN = (PathRequest, Release, LinkMetrics, TopologyViewRequest)
 REPLIES = (AuthResult, ProfileReply, SaeReply, UsersReply, UserReply, PathReply, Released,
            TopologyView, OkReply, ErrorReply)
 ONE_WAY = (SessionConfig, SessionDelete, ModuleTelemetry, KmTelemetry, LinkAlarm, Topology,
-           Event, EveCommand)
+           Event, EveCommand, Revocation)
 ALL: tuple[type[Message], ...] = (*ADMISSION_IN, *ACCESS_IN, *ACCESS_ADMIN, *ROUTING_IN,
                                   *ONE_WAY, *REPLIES)
 
@@ -91,7 +92,8 @@ __all__ = [
     "ErrorReply", "EveCommand", "Event", "KeyRequest", "KmTelemetry", "LinkAlarm",
     "LinkMetrics", "LookupSae", "MAX_PAYLOAD_BYTES", "Message", "ModuleTelemetry", "ONE_WAY",
     "OkReply", "PathReply", "PathRequest", "ProfileReply", "ProfileRequest", "REPLIES",
-    "ROUTING_IN", "Release", "Released", "SCHEMA_VERSION", "SUPPORTED_VERSIONS", "SaeReply",
+    "ROUTING_IN", "Release", "Released", "Revocation", "SCHEMA_VERSION", "SUPPORTED_VERSIONS",
+    "SaeReply",
     "SessionConfig", "SessionDelete", "Telemetry", "Topology", "TopologyView",
     "TopologyViewRequest", "UserAdd", "UserDisable", "UserEnable", "UserList", "UserReply",
     "UsersReply", "build", "decode", "decode_any", "decode_telemetry", "parse_json",

@@ -148,6 +148,18 @@ class AuthResult(Message):
     km: str | None = opt("when accepted")
 
 
+@dataclass(kw_only=True)
+class Revocation(Message):
+    TYPE = "revocation"
+    TOPIC = "`access/revoked/<user>` (retained)"
+    NOTE = ("Access Control → every KM when a user is disabled: each KM ends the live "
+            "sessions of the user and its applications and forgets their authentications; "
+            "an empty retained payload clears it (user enabled)")
+    user: str
+    sae_ids: list[str] = field(default_factory=list)
+    reason: str = "user disabled"
+
+
 # --- Admission Control ↔ Access Control (access/in, request/reply) ------------------------
 
 @dataclass(kw_only=True)
