@@ -63,18 +63,20 @@ def get_key_until(sae: requests.Session, km_url: str, key_stream_id: str,
 
 @contextlib.contextmanager
 def km_lab(directory: Path, ca: TestCA, users: dict, links: list[tuple[str, str]],
+           ctl_kwargs: dict[str, Any] | None = None,
            **cluster_kwargs: Any) -> Iterator[dict[str, Any]]:
     """A real Mosquitto, the stand-in control plane and a KmCluster on ``links``, with an
-    mTLS session per application of ``users``: what the KM integration tests share.
+    mTLS session per application of ``users``: what the KM integration tests share
+    (``ctl_kwargs``: more arguments of FakeControl, e.g. the sessions' ``bucket``).
     Yields {cluster, ctl, saes, ca, dir}; stops everything it started."""
     broker = TestBroker(directory / "broker", ca).start()
     ctl = cluster = None
     try:
         ident = ca.issue("ctl", ou="node")
         ctl = FakeControl(BrokerConfig("127.0.0.1", broker.port, ca.ca, ident.cert, ident.key),
-                          users, links).start()
+                          users, links, **(ctl_kwargs or {})).start()
         cluster = KmCluster(directory, ca, broker.port, links, **cluster_kwargs)
-        cluster.start()
+        cluster.start(timeout=60)  # generous: the machine is shared
         saes = {s: sae_session(ca, s, u["user"]) for s, u in users.items()}
         yield {"cluster": cluster, "ctl": ctl, "saes": saes, "ca": ca, "dir": directory}
     finally:

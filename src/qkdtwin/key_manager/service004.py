@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -26,7 +27,9 @@ from qkdtwin.key_manager.sessions import TERMINATED, Session
 from qkdtwin.key_manager.shared import Part, Shared
 
 log = logging.getLogger("qkdtwin.key_manager")
-MAX_RUN_AHEAD = 1024  # ETSI 004: how far beyond the stream's front an index may be asked
+# ETSI 004: how far beyond a side's position an index may be asked, and how far beyond the
+# source application's position the source produces on demand (per stream, issue 13 M5)
+MAX_RUN_AHEAD = 1024
 # Test-only fault hook: with QKDTWIN_KM_FAULT=get_key_taken the KM SIGKILLs itself right after
 # a GET_KEY took its chunk, before answering (tests/integration/test_km_sessions.py, L1).
 FAULT_ENV = "QKDTWIN_KM_FAULT"
@@ -133,12 +136,31 @@ class Etsi004Service(Part):
         """The index a GET_KEY asks for (the next position, or ``index`` within reach)."""
         if index is None:  # withdrawn indexes are skipped alike on both sides
             return self.store.next_index(sid, side, self.store.counter(pos_name))
-        front = max(self.store.max_idx(sid), self.store.counter(pos_name))
+        front = self.store.counter(pos_name)
         if index > front + MAX_RUN_AHEAD:
             # it would make the source relay (and block its link for) that many chunks
             raise KmError("bad_request", f"index {index} is more than {MAX_RUN_AHEAD} chunks"
                           f" ahead of the key stream (at {front})", status004=10)
         return index
+
+    def _charge(self, s: Session, idx: int, index: int | None, pos_name: str
+                ) -> tuple[int, dict[str, Any] | None]:
+        """Take this GET_KEY's bits from the stream's token bucket: one chunk, or with an
+        explicit index every chunk the side's position passes (the run-ahead the path has to
+        produce and relay; an index behind the position was paid when it was passed).
+        (bits taken, None) or (0, the status-9 answer); 400 if the bucket can never pay."""
+        chunks = 1 if index is None else max(0, idx + 1 - self.store.counter(pos_name))
+        bits = chunks * s.key_size
+        if not bits or s.bucket is None or s.bucket.take(bits):
+            return bits, None
+        self.metrics.refused.labels(reason="token_bucket").inc()
+        wait = s.bucket.retry_after(bits)
+        if math.isinf(wait):
+            raise KmError("bad_request", f"index {idx} runs {chunks} chunks ahead: more than"
+                          f" the session's token bucket of {int(s.bucket.size)} bits allows",
+                          status004=10)
+        return 0, {"status": 9, "message": "rate limited by the session's token bucket"
+                   " (non-ETSI status)", "retry_after_s": round(wait, 3)}
 
     def _get_chunk(self, s: Session, ident: Identity, side: str, pos_name: str,
                    index: int | None, meta_size: int | None) -> dict[str, Any] | None:
@@ -160,11 +182,9 @@ class Etsi004Service(Part):
         if meta_size is not None and meta_size < meta_len:
             return {"status": 8, "message": "metadata buffer too small",
                     "metadata": {"size": meta_len}}
-        bits = s.key_size
-        if s.bucket is not None and not s.bucket.take(bits):
-            self.metrics.refused.labels(reason="token_bucket").inc()
-            return {"status": 9, "message": "rate limited by the session's token bucket"
-                    " (non-ETSI status)", "retry_after_s": round(s.bucket.retry_after(bits), 3)}
+        bits, refused = self._charge(s, idx, index, pos_name)
+        if refused is not None:
+            return refused
         self.sessions.begin_exchange(s)
         try:
             chunk = self._take_chunk(s, side, idx, ident.cn, s.qos.get("timeout"), pos_name)
@@ -179,7 +199,7 @@ class Etsi004Service(Part):
                 return self._get_chunk(s, ident, side, pos_name, index, meta_size)  # -> 410
             return {"status": 2, "message": "insufficient key available", "index": idx}
         _fault("get_key_taken")  # the chunk and the position moved on in one transaction
-        self.control.key_request(sid, bits)
+        self.control.key_request(sid, s.key_size)
         self.control.event("keys_delivered", sid, gate_s=0.2, api="004", sae_id=ident.cn,
                            index=idx)
         self.metrics.delivered.labels(api="004").inc()
@@ -215,9 +235,12 @@ class Etsi004Service(Part):
             return
         if e.role == "source":
             have = self.store.max_idx(s.session_id)
-            if idx > have:
-                self.production.produce(s, idx - have + self.cfg.prefetch_chunks, s.key_size,
-                                        prefetch=False)
+            # capped per stream: never beyond MAX_RUN_AHEAD chunks past the source
+            # application's position, however often a run-ahead is asked for
+            limit = self.store.counter(f"pos:{s.session_id}:src") + MAX_RUN_AHEAD
+            want = min(idx + self.cfg.prefetch_chunks, limit)
+            if idx > have and want > have:
+                self.production.produce(s, want - have, s.key_size, prefetch=False)
             return
         if e.prev_hop is None:
             return

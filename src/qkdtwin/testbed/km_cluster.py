@@ -83,11 +83,11 @@ class KmCluster:
     def url(self, n: str) -> str:
         return f"https://127.0.0.1:{self.ports[n]}"
 
-    def start(self, wait_pools: bool = True) -> KmCluster:
+    def start(self, wait_pools: bool = True, timeout: float = 20.0) -> KmCluster:
         for n in self.nodes:
             self.start_node(n)
         for n in self.nodes:
-            self.wait_healthy(n, pools=wait_pools)
+            self.wait_healthy(n, pools=wait_pools, timeout=timeout)
         return self
 
     def start_node(self, n: str, env: dict[str, str] | None = None) -> None:
