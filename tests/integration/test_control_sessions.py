@@ -199,3 +199,37 @@ def test_sessions_are_bound_to_the_certificate_fingerprint(lab):
     got2 = get_key_until(legit, url(lab, "km0"), sid, patience_s=20).json()
     assert got2["status"] == 0 and got2["index"] == got["index"] + 1, got2
     assert enc_keys(lab, "sae-p0", "km0", "sae-1").status_code == 200
+
+
+def test_revocation_passes_the_lab_broker_rules_and_only_access_control_may_publish_it(
+        test_ca, tmp_path):
+    """The revocation travels under star6's real broker rules (role mqtt_broker's rendered
+    ACL): every KM reads it, and neither a KM nor an application may publish one."""
+    from tests.integration.test_identity_attacks import DENIED, STAR6, USERS, Client
+    from tests.support.lab_broker import lab_broker
+    broker = lab_broker(tmp_path / "broker", test_ca, STAR6).start()
+    made: list = []
+    plane = None
+    try:
+        (tmp_path / "plane").mkdir()
+        plane = ControlPlane(broker, test_ca, tmp_path / "plane", USERS)
+        km1 = Client(broker, test_ca, "km1", "node")
+        made.append(km1)
+        km1.subscribe(f"{bus.PREFIX}/access/revoked/+")
+        op = test_ca.issue("host", ou="operator")
+        operator = BrokerConfig("127.0.0.1", broker.port, test_ca.ca, op.cert, op.key)
+        user = USERS[0]["name"]
+        ask_access(operator, m.UserDisable(name=user))
+        wait_for(lambda: any(b'"revocation"' in p and user.encode() in p
+                             for p in list(km1.received)), timeout=10, what="revocation")
+        app = Client(broker, test_ca, "sae-0", "sae", user)
+        made.append(app)
+        for c in (km1, app):
+            assert c.publish(f"{bus.PREFIX}/access/revoked/{user}", b"") == DENIED
+        ask_access(operator, m.UserEnable(name=user))
+    finally:
+        for c in made:
+            c.close()
+        if plane is not None:
+            plane.stop()
+        broker.stop()
