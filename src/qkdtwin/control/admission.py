@@ -216,7 +216,13 @@ class AdmissionControl(Element):
             return None, "sae"
         with self.lock:
             live = self._live_sessions_of(user, sid)
-        d = check_qos(p.qos, prof.sla or {}, peer, live)
+        try:
+            d = check_qos(p.qos, prof.sla or {}, peer, live)
+        except (ArithmeticError, ValueError, TypeError, KeyError) as exc:
+            # whatever a QoS or profile value does to the check, the KM gets an answer
+            log.warning("SLA check of %s failed: %r", sid, exc, extra={"session_id": sid})
+            self.reject(sid, km, f"rejected: qos could not be checked ({type(exc).__name__})")
+            return None, "sla"
         if not d.ok:
             self.reject(sid, km, d.reason or "rejected", d.counter_qos)
             return None, "sla"

@@ -7,6 +7,7 @@ bits, ``max_key_rate`` in bit/s.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +20,20 @@ class Decision:
     qos: dict[str, Any] | None = None          # the effective QoS when ok
 
 
+# The largest QoS number admission takes (finding L4: f"{max_bps:g}" of a huge integer raised
+# OverflowError and the handler died without a reply; inf/NaN broke int()). The KMs refuse
+# more already; this guards what any publisher on admission/in may send.
+QOS_NUM_MAX = 2**53
+
+
 def _num(qos: dict[str, Any], key: str, default: float) -> float:
     v = qos.get(key)
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
         raise ValueError(f"qos.{key} must be a number >= 0")
+    if (isinstance(v, float) and not math.isfinite(v)) or v > QOS_NUM_MAX:
+        raise ValueError(f"qos.{key} must be at most {QOS_NUM_MAX}")
     return v
 
 

@@ -14,12 +14,18 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 
 from qkdtwin.key_manager.errors import KmError
-from qkdtwin.key_manager.http import BadInput, caller, error, json_body
+from qkdtwin.key_manager.http import BadInput, caller, error, int_value, json_body
 from qkdtwin.key_manager.manager import KeyManager
 
 bp = Blueprint("etsi004", __name__, url_prefix="/api/v1/qkd004")
 
 QOS_INT_FIELDS = ("key_chunk_size", "max_bps", "min_bps", "jitter", "priority", "timeout", "ttl")
+# Upper bounds of the QoS integers (finding L4: a huge timeout raised OverflowError): a day in
+# ms for timeout and jitter, a year in s for ttl, 10 Gbit/s for the rates; the chunk size
+# and the priority have their own checks below.
+QOS_MAX = {"max_bps": 10**10, "min_bps": 10**10, "jitter": 86_400_000,
+           "timeout": 86_400_000, "ttl": 31_536_000, "priority": 9, "key_chunk_size": 2**20}
+MAX_INDEX = 2**40
 
 
 def _km() -> KeyManager:
@@ -43,8 +49,8 @@ def _str(body: dict[str, Any], key: str, required: bool = True) -> str | None:
     v = body.get(key)
     if v is None and not required:
         return None
-    if not isinstance(v, str) or not v or len(v) > 128:
-        raise BadInput(f"{key} must be a non-empty string")
+    if not isinstance(v, str) or not v or len(v) > 128 or not v.isprintable():
+        raise BadInput(f"{key} must be a non-empty string of at most 128 printable characters")
     return v
 
 
@@ -69,10 +75,12 @@ def _qos(raw: Any, km: KeyManager) -> dict[str, Any]:
             v = raw[k]
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise BadInput(f"qos.{k} must be a non-negative integer")
-            out[k] = v
+            out[k] = int_value(v, f"qos.{k}", 0, QOS_MAX[k])
     if "metadata_mimetype" in raw:
-        if not isinstance(raw["metadata_mimetype"], str):
-            raise BadInput("qos.metadata_mimetype must be a string")
+        mime = raw["metadata_mimetype"]
+        if not isinstance(mime, str) or len(mime) > 255 or not mime.isprintable():
+            raise BadInput("qos.metadata_mimetype must be a string of at most 255 printable"
+                           " characters")
         out["metadata_mimetype"] = raw["metadata_mimetype"]
     lim = km.cfg.limits
     chunk = out.get("key_chunk_size", km.cfg.key_size // 8)
@@ -112,9 +120,10 @@ def get_key() -> Response:
         body = json_body(allow_empty=False)
         sid = _stream_id(body, required=True)
         index = body.get("index")
-        if index is not None and (isinstance(index, bool) or not isinstance(index, int)
-                                  or index < 0 or index > 2**40):
-            raise BadInput("index must be a non-negative integer")
+        if index is not None:
+            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                raise BadInput("index must be a non-negative integer")
+            index = int_value(index, "index", 0, MAX_INDEX)
         meta = body.get("metadata")
         meta_size = None
         if meta is not None:
@@ -123,7 +132,7 @@ def get_key() -> Response:
             if "size" in meta:
                 if isinstance(meta["size"], bool) or not isinstance(meta["size"], int):
                     raise BadInput("metadata.size must be an integer")
-                meta_size = meta["size"]
+                meta_size = int_value(meta["size"], "metadata.size", 0, 2**31 - 1)
         out = km.etsi004.get_key(ident, sid, index, meta_size)
         out["key_stream_id"] = sid
         return jsonify(out)

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from qkdtwin.key_manager.errors import KmError
-from qkdtwin.key_manager.http import BadInput, caller, error, json_body
+from qkdtwin.key_manager.http import BadInput, caller, error, int_value, json_body
 from qkdtwin.key_manager.manager import KeyManager
 
 bp = Blueprint("etsi014", __name__, url_prefix="/api/v1/keys")
@@ -32,15 +32,8 @@ def _handle(fn, *args: Any) -> Response:
 
 
 def _int_field(value: Any, name: str) -> int:
-    if isinstance(value, bool):
-        raise BadInput(f"{name} must be an integer")
-    if isinstance(value, str):
-        if not value.strip().isdigit():
-            raise BadInput(f"{name} must be an integer")
-        value = int(value)
-    if not isinstance(value, int):
-        raise BadInput(f"{name} must be an integer")
-    return value
+    """``number`` / ``size``: a JSON integer, or ASCII digits in a query string."""
+    return int_value(value, name)
 
 
 def _check_sae_id(sae: str, what: str) -> None:

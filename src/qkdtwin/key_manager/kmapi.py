@@ -57,8 +57,8 @@ def demand() -> Response:
         peer = _peer()
         body = json_body(allow_empty=False)
         sid, idx = body.get("session_id"), body.get("index")
-        if not isinstance(sid, str) or isinstance(idx, bool) or not isinstance(idx, int) \
-                or idx < 0:
+        if not isinstance(sid, str) or len(sid) > 128 or isinstance(idx, bool) \
+                or not isinstance(idx, int) or not 0 <= idx <= 2**40:
             raise BadInput("demand needs session_id (string) and index (integer >= 0)")
         _km().relay_in.demand(peer, sid, idx)
         return jsonify({"ok": True})
