@@ -11,7 +11,11 @@ MQTT v5 client over TLS with client certificates and adds what every element nee
 * one-line event publishing on ``qkd/v1/events/<element>``,
 * a malformed payload (too large, not JSON, not an object, or refused by a handler's
   :func:`qkdtwin.messages.decode`) is logged with its reason and dropped; no handler error
-  reaches the receiving loop.
+  reaches the receiving loop,
+* bounded queues (finding L3): at most ``MAX_PENDING_HANDLERS`` messages wait for the
+  handler pool (more are dropped with a warning, at most one per second), and paho keeps at
+  most ``MAX_QUEUED_OUT`` outgoing messages while the broker is away (a publish beyond that
+  is dropped with a warning: the state that matters is republished on reconnection).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from qkdtwin.messages import BadMessage, Event, parse_json
 
 PREFIX = "qkd/v1"
 log = logging.getLogger("qkdtwin.bus")
+MAX_PENDING_HANDLERS = 10000  # received messages queued or running on the handler pool
+MAX_QUEUED_OUT = 10000        # outgoing messages paho holds (e.g. while the broker is down)
 
 
 # --- topics -----------------------------------------------------------------------------
@@ -142,6 +148,8 @@ class Bus:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"bus-{client_id}")
+        self._slots = threading.BoundedSemaphore(MAX_PENDING_HANDLERS)
+        self._warned: dict[str, float] = {}  # warning kind -> last time (a fixed set of kinds)
         self._reply_topic = reply_prefix(client_id)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                         client_id=f"{client_id}-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5)
@@ -149,6 +157,7 @@ class Bus:
             c.tls_set(ca_certs=broker.ca, certfile=broker.cert, keyfile=broker.key,
                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
         c.reconnect_delay_set(min_delay=1, max_delay=5)
+        c.max_queued_messages_set(MAX_QUEUED_OUT)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -256,7 +265,21 @@ class Bus:
             return
         for topic_filter, (handler, _) in list(self._subs.items()):
             if mqtt.topic_matches_sub(topic_filter, msg.topic):
-                self._pool.submit(self._run_handler, handler, message)
+                if not self._slots.acquire(blocking=False):
+                    self._warn("handlers", "handler queue full (%d messages): dropping a"
+                               " message on %s", MAX_PENDING_HANDLERS, msg.topic)
+                    continue
+                try:
+                    self._pool.submit(self._run_handler, handler, message)
+                except RuntimeError:  # the pool is shut down (stopping)
+                    self._slots.release()
+
+    def _warn(self, kind: str, fmt: str, *args: Any) -> None:
+        """A warning of ``kind`` at most once per second (drops come in floods)."""
+        now = time.monotonic()
+        if now - self._warned.get(kind, -10.0) >= 1.0:
+            self._warned[kind] = now
+            log.warning(fmt, *args)
 
     def _run_handler(self, handler: Handler, message: Message) -> None:
         try:
@@ -266,14 +289,19 @@ class Bus:
         except Exception:  # a handler bug must not kill the element
             log.exception("handler for %s failed", message.topic,
                           extra={"topic": message.topic})
+        finally:
+            self._slots.release()
 
     # -- sending --
 
     def publish(self, topic: str, payload: dict[str, Any], *, retain: bool = False, qos: int = 1,
                 properties: Properties | None = None) -> None:
         payload.setdefault("ts", now())
-        self._client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=qos,
-                             retain=retain, properties=properties)
+        info = self._client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=qos,
+                                    retain=retain, properties=properties)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            self._warn("queue", "outgoing queue full (%d messages): dropping a message on %s",
+                       MAX_QUEUED_OUT, topic)
 
     def clear_retained(self, topic: str) -> None:
         """Remove the broker's retained message of ``topic`` (an empty retained publish)."""

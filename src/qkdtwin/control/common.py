@@ -21,12 +21,17 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from qkdtwin import messages as m
+from qkdtwin.bounded import RateGate
 from qkdtwin.bus import BrokerConfig, Bus
 from qkdtwin.errors import UserError
 from qkdtwin.messages import BadMessage
 from qkdtwin.service import HealthServer
 
 log = logging.getLogger("qkdtwin.control")
+COUNTED_TYPES = frozenset({c.TYPE for c in (*m.ADMISSION_IN, *m.ACCESS_IN, *m.ACCESS_ADMIN,
+                                             *m.ROUTING_IN, *m.REPLIES, *m.ONE_WAY)}
+                          | {"malformed", "topology", "alarm", "telemetry"})
 
 
 def require(config: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -84,7 +89,7 @@ class Element:
                 raise UserError(f"cannot listen for /healthz: {exc}") from None
         self.started = time.time()
         self._stop = threading.Event()
-        self._dropped_at: dict[str, float] = {}
+        self._dropped_gate = RateGate(1.0, 4096)  # one message_dropped per topic and second
         self.bus.on_malformed(self.malformed)
 
     @property
@@ -97,16 +102,19 @@ class Element:
                 "broker_connected": self.bus.connected}
 
     def count(self, mtype: str) -> None:
+        """Count a handled message; a type no message class has is counted as ``other``
+        (the label comes from the payload: one series per invented type would grow without
+        end, finding L3)."""
+        if mtype not in COUNTED_TYPES:
+            mtype = "other"
         self.m_messages.labels(self.name, mtype).inc()
 
     def malformed(self, topic: str, exc: BadMessage) -> None:
         """A payload refused on ``topic`` (already logged by the bus): counted, and one
         ``message_dropped`` event per topic and second, so garbage cannot flood the events."""
         self.count("malformed")
-        now = time.monotonic()
-        if now - self._dropped_at.get(topic, -1.0) < 1.0:
+        if not self._dropped_gate.allow(topic):
             return
-        self._dropped_at[topic] = now
         self.event("message_dropped", None, topic=topic, reason=exc.reason,
                    msg_type=exc.msg_type)
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qkdtwin import bus as topics
+from qkdtwin.bounded import LruDict, RateGate, TokenBuckets
 from qkdtwin.bus import Bus, RequestTimeout
 from qkdtwin.messages import (
     Authenticate,
@@ -53,6 +54,19 @@ class ControlUnavailable(Exception):
     """The broker or the control element did not answer in time."""
 
 
+class LookupThrottled(ControlUnavailable):
+    """This certificate asked access control about too many new peers too fast."""
+
+
+# Bounds of the authentication bookkeeping (finding L3: each dec_keys naming a new master SAE
+# added a cache entry, an MQTT request and an access-control event, without end).
+AUTH_CACHE_MAX = 4096       # (certificate, peer) answers kept, least recently used dropped
+AUTH_REFUSED_S = 5.0        # a refusal is remembered this long (a fixed SAE waits as much)
+LOOKUP_BURST = 32           # access-control lookups per certificate at once ...
+LOOKUP_RATE = 5.0           # ... and per second after that; beyond: 503 without a lookup
+GATE_MAX = 4096             # event gate and dropped-message gate entries
+
+
 class Control:
     def __init__(self, node: str, bus: Bus | None, timeout_s: float = 5.0,
                  auth_cache_s: float = 30.0) -> None:
@@ -61,12 +75,17 @@ class Control:
         self.bus = bus
         self.timeout_s = timeout_s
         self.auth_cache_s = auth_cache_s
-        self._auth_cache: dict[tuple[str, str | None], tuple[float, AuthResult]] = {}
+        # (fingerprint, peer) -> (monotonic time, answer): granted / refused, both bounded
+        self._auth_cache: LruDict[tuple[str, str | None], tuple[float, AuthResult]] = \
+            LruDict(AUTH_CACHE_MAX)
+        self._auth_refused: LruDict[tuple[str, str | None], tuple[float, AuthResult]] = \
+            LruDict(AUTH_CACHE_MAX)
+        self._lookups = TokenBuckets(LOOKUP_BURST, LOOKUP_RATE)
         self._pending_bits: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._event_gate: dict[tuple[str, str], float] = {}
-        self._dropped_at: dict[str, float] = {}
+        self._event_gate = RateGate(0.0, GATE_MAX)
+        self._dropped_gate = RateGate(1.0, GATE_MAX)
 
     def start(self, on_config: Callable[[SessionConfig], None],
               on_delete: Callable[[SessionDelete], None],
@@ -98,11 +117,8 @@ class Control:
     def _malformed(self, topic: str, exc: BadMessage) -> None:
         """A payload the bus dropped (already logged): one ``message_dropped`` event per topic
         and second, as the control elements publish."""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._dropped_at.get(topic, -1.0) < 1.0:
-                return
-            self._dropped_at[topic] = now
+        if not self._dropped_gate.allow(topic):
+            return
         self.event("message_dropped", None, topic=topic, reason=exc.reason,
                    msg_type=exc.msg_type)
 
@@ -126,10 +142,17 @@ class Control:
         now = time.monotonic()
         with self._lock:
             hit = self._auth_cache.get(key)
-        if hit and now - hit[0] < self.auth_cache_s:
-            return hit[1]
+            if hit and now - hit[0] < self.auth_cache_s:
+                self._auth_cache.touch(key)
+                return hit[1]
+            no = self._auth_refused.get(key)
+            if no and now - no[0] < AUTH_REFUSED_S:
+                return no[1]
         if self.bus is None or not self.bus.connected:
             raise ControlUnavailable("control plane unreachable (no broker connection)")
+        if not self._lookups.take(cert["fingerprint"]):
+            raise LookupThrottled("too many access-control lookups for this certificate;"
+                                  " retry later")
         try:
             raw = self.bus.request(topics.ACCESS_IN, Authenticate(
                 km=self.node, sae_id=cert["cn"], cert=cert, peer_sae_id=peer_sae_id,
@@ -143,10 +166,13 @@ class Control:
                         extra={"reason": exc.reason, "session_id": session_id})
             raise ControlUnavailable("access control did not answer in time") from None
         if isinstance(rep, ErrorReply):
-            return AuthResult(ok=False, reason=rep.reason)
-        if rep.ok:
-            with self._lock:
+            rep = AuthResult(ok=False, reason=rep.reason)
+        with self._lock:
+            if rep.ok:
                 self._auth_cache[key] = (now, rep)
+                self._auth_refused.pop(key, None)
+            else:
+                self._auth_refused[key] = (now, rep)
         return rep
 
     def forget_auth(self, user: str, sae_ids: set[str]) -> None:
@@ -187,13 +213,8 @@ class Control:
         """Publish an event; with ``gate_s`` at most one of this kind per session per gate_s."""
         if self.bus is None:
             return
-        if gate_s:
-            now = time.monotonic()
-            k = (kind, session_id or "")
-            with self._lock:
-                if now - self._event_gate.get(k, 0.0) < gate_s:
-                    return
-                self._event_gate[k] = now
+        if gate_s and not self._event_gate.allow((kind, session_id or ""), gate_s):
+            return
         self.bus.event(kind, session_id, **fields)
 
     def telemetry(self, link: str, pool_bits: float, sessions: int, status: str) -> None:

@@ -69,6 +69,21 @@ CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, data TEXT NOT 
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
+# Counters (``idx:<session>``, ``pos:<session>:<side>``) of sessions this KM has forgotten:
+# no session row, no key and no delivery or withdrawal record left (finding L3: the table grew
+# by a row per session for ever). While any record of a session remains its counters stay,
+# so a stream id seen again never reuses an index those records still guard.
+PRUNE_COUNTERS = """
+DELETE FROM counters WHERE name IN (
+  SELECT name FROM (SELECT name, CASE WHEN name LIKE 'idx:%' THEN substr(name, 5)
+                                      ELSE substr(name, 5, length(name) - 8) END AS sid
+                    FROM counters WHERE name LIKE 'idx:%' OR name LIKE 'pos:%')
+  WHERE sid NOT IN (SELECT session_id FROM sessions)
+    AND sid NOT IN (SELECT session_id FROM e2e_keys)
+    AND sid NOT IN (SELECT session_id FROM delivered)
+    AND sid NOT IN (SELECT session_id FROM withdrawn))
+"""
+
 # PRAGMA user_version of the schema above. A database without a version (0) was written by
 # KM code before versioning; _migrate brings it up to date in one transaction.
 # 1: used_link_keys.ts. 2: e2e_keys.via, delivered.via (route of a key), table withdrawn.
@@ -483,6 +498,7 @@ class KeyStore:
             n = db.execute("DELETE FROM used_link_keys WHERE ts < ?", (older_than,)).rowcount
             n += db.execute("DELETE FROM delivered WHERE ts < ?", (older_than,)).rowcount
             n += db.execute("DELETE FROM withdrawn WHERE ts < ?", (older_than,)).rowcount
+            n += db.execute(PRUNE_COUNTERS).rowcount
         return n
 
     def expire_e2e(self, older_than: float) -> int:
