@@ -270,7 +270,7 @@ class Bus:
                                " message on %s", MAX_PENDING_HANDLERS, msg.topic)
                     continue
                 try:
-                    self._pool.submit(self._run_handler, handler, message)
+                    self._pool.submit(self._run_slotted, handler, message)
                 except RuntimeError:  # the pool is shut down (stopping)
                     self._slots.release()
 
@@ -289,6 +289,10 @@ class Bus:
         except Exception:  # a handler bug must not kill the element
             log.exception("handler for %s failed", message.topic,
                           extra={"topic": message.topic})
+
+    def _run_slotted(self, handler: Handler, message: Message) -> None:
+        try:
+            self._run_handler(handler, message)
         finally:
             self._slots.release()
 
