@@ -40,3 +40,18 @@ def test_token_buckets_burst_then_rate():
     for i in range(1000):
         b.take(i)
     assert len(b) == 10
+
+
+def test_km_counters_of_forgotten_sessions_are_pruned(tmp_path):
+    from qkdtwin.key_manager.keystore import KeyStore
+
+    ks = KeyStore(tmp_path / "km.sqlite")
+    with ks.tx() as db:
+        for sid in ("gone", "live"):
+            ks.bump(db, f"idx:{sid}", 5)
+            ks.bump(db, f"pos:{sid}:src", 2)
+            ks.bump(db, f"pos:{sid}:dst", 2)
+    ks.save_session("live", {"x": 1})
+    ks.prune_records(time.time() - 100)
+    assert ks.counter("idx:live") == 5 and ks.counter("pos:live:dst") == 2
+    assert ks.counter("idx:gone") == 0 and ks.counter("pos:gone:src") == 0

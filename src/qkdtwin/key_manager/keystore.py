@@ -69,20 +69,13 @@ CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, data TEXT NOT 
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-# Counters (``idx:<session>``, ``pos:<session>:<side>``) of sessions this KM has forgotten:
-# no session row, no key and no delivery or withdrawal record left (finding L3: the table grew
-# by a row per session for ever). While any record of a session remains its counters stay,
-# so a stream id seen again never reuses an index those records still guard.
-PRUNE_COUNTERS = """
-DELETE FROM counters WHERE name IN (
-  SELECT name FROM (SELECT name, CASE WHEN name LIKE 'idx:%' THEN substr(name, 5)
-                                      ELSE substr(name, 5, length(name) - 8) END AS sid
-                    FROM counters WHERE name LIKE 'idx:%' OR name LIKE 'pos:%')
-  WHERE sid NOT IN (SELECT session_id FROM sessions)
-    AND sid NOT IN (SELECT session_id FROM e2e_keys)
-    AND sid NOT IN (SELECT session_id FROM delivered)
-    AND sid NOT IN (SELECT session_id FROM withdrawn))
-"""
+# Counters (idx:<sid>, pos:<sid>:<side>) of sessions with no row, key, delivery or withdrawal
+# record left (L3: one row per session for ever); while a record remains, they stay.
+PRUNE_COUNTERS = """DELETE FROM counters WHERE name IN (SELECT name FROM (SELECT name, CASE
+ WHEN name LIKE 'idx:%' THEN substr(name, 5) ELSE substr(name, 5, length(name) - 8) END AS sid
+ FROM counters WHERE name LIKE 'idx:%' OR name LIKE 'pos:%') WHERE sid NOT IN (SELECT
+ session_id FROM sessions) AND sid NOT IN (SELECT session_id FROM e2e_keys) AND sid NOT IN
+ (SELECT session_id FROM delivered) AND sid NOT IN (SELECT session_id FROM withdrawn))"""
 
 # PRAGMA user_version of the schema above. A database without a version (0) was written by
 # KM code before versioning; _migrate brings it up to date in one transaction.
