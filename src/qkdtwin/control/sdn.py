@@ -25,14 +25,11 @@ Config: ``listen`` {host, port: 8445}, ``tls`` {ca, cert, key}, ``writers``, ``d
 from __future__ import annotations
 
 import json
-import ssl
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from cheroot import wsgi
-from cheroot.ssl.builtin import BuiltinSSLAdapter
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
@@ -42,6 +39,7 @@ from qkdtwin.control.common import Element, require
 from qkdtwin.control.sdn_policy import Caller, Forbidden, WritePolicy
 from qkdtwin.errors import UserError
 from qkdtwin.etsi015 import SDN_BASE as BASE
+from qkdtwin.httpserver import GatedServer, make_tls_server
 from qkdtwin.key_manager.identity import from_environ
 from qkdtwin.service import run_service
 from qkdtwin.sqlite import open_db
@@ -233,7 +231,7 @@ class SdnController(Element):
         seeded = {n for lk in config.get("seed_links") or [] for n in (lk["a"], lk["b"])}
         self.policy = WritePolicy(set(self._mgmt) | seeded, self.writers)
         self.app = self._make_app()
-        self.server: wsgi.Server | None = None
+        self.server: GatedServer | None = None
 
     def _seed(self, nodes: dict[str, Any], links: list[Any], status: str) -> None:
         """Nodes and PHYS links from the inventory, kept until a KM registers its own."""
@@ -395,10 +393,11 @@ class SdnController(Element):
 
     def start(self, wait: float = 10.0) -> SdnController:
         super().start(wait)
-        server = wsgi.Server(self.listen, self.app, numthreads=8, server_name="qkdtwin-sdn")
-        adapter = BuiltinSSLAdapter(self.tls["cert"], self.tls["key"], self.tls["ca"])
-        adapter.context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: lab CA clients only
-        server.ssl_adapter = adapter
+        # mutual TLS, lab CA clients only; the gated intake of qkdtwin.httpserver, so that
+        # idle or slow clients hold no thread (finding H1)
+        server = make_tls_server(self.listen, self.app, cert=self.tls["cert"],
+                                 key=self.tls["key"], ca=self.tls["ca"], threads=8,
+                                 name="qkdtwin-sdn", require_cert=True)
         try:
             server.prepare()
         except OSError as exc:

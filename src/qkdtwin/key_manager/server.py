@@ -1,46 +1,28 @@
-"""Production HTTPS server of the Key Manager: cheroot (threaded WSGI) with its builtin SSL
-adapter, mutual TLS against the lab CA.
+"""Production HTTPS server of the Key Manager: :mod:`qkdtwin.httpserver` (cheroot's WSGI
+gateway and worker pool behind a non-blocking intake gate), mutual TLS against the lab CA.
 
 Client certificates are *optional* at the TLS layer so that a caller without one gets a JSON
 401 instead of a bare handshake failure; a certificate that does not verify against the lab CA
-still fails the handshake (Python's ssl cannot accept it for inspection). cheroot puts the
-verified certificate into the WSGI environ (``SSL_CLIENT_VERIFY``, ``SSL_CLIENT_CERT``,
+still fails the handshake (Python's ssl cannot accept it for inspection). The verified
+certificate is in the WSGI environ (``SSL_CLIENT_VERIFY``, ``SSL_CLIENT_CERT``,
 ``SSL_CLIENT_S_DN_*``), from which the application takes the caller's identity.
+
+A quarter of the worker threads (at least one) is reserved for peer KMs (certificate OU
+``node``), so that relays keep flowing when applications keep every other thread busy.
 """
 
 from __future__ import annotations
 
-import logging
-import ssl
-import sys
 from typing import Any
 
-from cheroot import wsgi
-from cheroot.ssl.builtin import BuiltinSSLAdapter
-
+from qkdtwin.httpserver import GatedServer, Limits, make_tls_server
 from qkdtwin.key_manager.config import KmConfig
 
-log = logging.getLogger("qkdtwin.key_manager.server")
+PEER_OUS = ("node",)  # who may use the reserved worker threads: the lab's KMs
 
 
-def make_server(cfg: KmConfig, app: Any) -> wsgi.Server:
-    server = wsgi.Server((cfg.host, cfg.port), app, numthreads=cfg.threads,
-                         server_name=f"qkdtwin-km-{cfg.node}", timeout=30)
-    adapter = BuiltinSSLAdapter(cfg.cert, cfg.key, certificate_chain=cfg.ca)
-    adapter.context.verify_mode = ssl.CERT_OPTIONAL
-    adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
-    server.ssl_adapter = adapter
-    server.error_log = _error_log  # JSON lines like the rest of the service
-    return server
-
-
-def _error_log(msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
-    """cheroot's error log through ``logging``. Clients that drop their connection are one
-    line (no stack: they are not errors of the KM)."""
-    exc = sys.exc_info()[1] if traceback else None
-    if isinstance(exc, OSError):  # includes ssl.SSLError: the peer went away
-        log.warning("%s (%s: %s)", msg or "connection error", type(exc).__name__, exc)
-    elif exc is not None:
-        log.error(msg or "server error", exc_info=True)
-    else:
-        log.log(level, msg)
+def make_server(cfg: KmConfig, app: Any) -> GatedServer:
+    limits = Limits(peer_reserve=max(1, cfg.threads // 4), peer_ous=PEER_OUS)
+    return make_tls_server((cfg.host, cfg.port), app, cert=cfg.cert, key=cfg.key, ca=cfg.ca,
+                           threads=cfg.threads, name=f"qkdtwin-km-{cfg.node}",
+                           require_cert=False, limits=limits)
