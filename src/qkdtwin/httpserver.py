@@ -62,7 +62,7 @@ class Limits:
     header_timeout: float = 10.0
     idle_timeout: float = 30.0
     io_timeout: float = 10.0
-    per_addr: int = 128
+    per_addr: int = 256
     max_connections: int = 4096
     max_head: int = 64 << 10
     gate_body_max: int = 1 << 20

@@ -3,6 +3,8 @@ requests over MQTT; the `qkdtwin users` CLI against a lab directory."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -97,6 +99,28 @@ def test_mtls_required(sdn, test_ca, tmp_path):
     ident = other.issue("km0")
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(url, cert=(ident.cert, ident.key), verify=test_ca.ca, timeout=5)
+
+
+def test_idle_and_half_sent_clients_do_not_stall_the_rest_api(sdn, test_ca):
+    """Finding H1: one idle TCP connection (no handshake) and one that trickles a request
+    head once held cheroot's accept thread / a worker; a real client must not wait."""
+    idle = socket.create_connection(("127.0.0.1", sdn.port))
+    t0 = time.monotonic()
+    ident = test_ca.issue("km0")
+    ctx = ssl.create_default_context(cafile=test_ca.ca)
+    ctx.load_cert_chain(ident.cert, ident.key)
+    half = ctx.wrap_socket(socket.create_connection(("127.0.0.1", sdn.port)),
+                           server_hostname="localhost")
+    half.sendall(b"GET /restconf HTTP/1.1\r\nHost: sdn\r\n")  # and never the end
+    try:
+        for _ in range(3):  # each a new connection: handshake and request while both wait
+            assert call(sdn, test_ca, "km1", "GET", BASE).status_code == 200
+        # H1's own kind of threshold: the old intake made each wait for its 10 s socket
+        # timeout; a handshake and 3 requests in 3 s leave a slow machine a wide margin
+        assert time.monotonic() - t0 < 3.0, "requests stalled behind the idle connections"
+    finally:
+        idle.close()
+        half.close()
 
 
 def test_topology_republished_after_broker_restart(sdn, test_ca, broker):
