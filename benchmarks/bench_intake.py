@@ -5,8 +5,10 @@ its request latency (a new connection every 10th request).
 
     .venv/bin/python benchmarks/bench_intake.py [--stack gated|cheroot] [--requests 200]
 
-Stacks: ``gated`` (qkdtwin.httpserver, what the KM and the SDN controller run) and
-``cheroot`` (cheroot's own intake, the servers before H1).
+Stacks: ``gated`` (qkdtwin.httpserver, what the KM and the SDN controller run), ``cheroot``
+(cheroot's own intake, the servers before H1) and ``gunicorn`` (gthread worker, 16 threads;
+not a dependency: ``pip install gunicorn`` to compare). ``identity_missing`` counts answers
+in which the application did not see the client certificate's CN.
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ def main() -> None:
     pct = {q: lat[min(len(lat) - 1, int(q / 100 * len(lat)))] * 1000 for q in (50, 90, 99)}
     print(json.dumps({"stack": args.stack, "attack": bool(args.attack), "requests": len(lat),
                       "errors": errors,
-                      "identity_missing": identity_lost, **{f"p{q}_ms": round(v, 1) for q, v in pct.items()},
+                      "identity_missing": identity_lost,
+                      **{f"p{q}_ms": round(v, 1) for q, v in pct.items()},
                       "max_ms": round(lat[-1] * 1000, 1)}), flush=True)
     if attacker:
         attacker.terminate()

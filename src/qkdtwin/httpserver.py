@@ -10,10 +10,11 @@ holds a worker for as long as it likes). :class:`Gate` replaces cheroot's
 connections) with one selector thread that, without blocking on any client:
 
 - accepts, and runs each TLS handshake non-blocking, within ``handshake_timeout``;
-- reads each request's head (and a body of up to ``gate_body_max`` bytes) into memory,
-  within ``header_timeout`` of its first byte (of the handshake for a new connection);
-  only a *complete* request goes to a worker (larger bodies, chunked or ``Expect:`` requests
-  are read by the worker with ``io_timeout`` per read);
+- reads each request's head and body (up to ``gate_body_max`` bytes) into memory, within
+  ``header_timeout`` of its first byte (of the handshake for a new connection); only a
+  *complete* request goes to a worker. Larger or chunked bodies are read by the worker
+  (``io_timeout`` per read) for peers only; others get a JSON 413 / 411 from the gate, as a
+  head over ``max_head`` gets 431;
 - limits connections not (yet) authenticated by a client certificate to ``per_addr`` per
   source address and ``max_connections`` in all: past the limit the *oldest* such
   connection that is not being served is closed, so that a flood evicts itself instead of
@@ -31,6 +32,7 @@ touched by one thread only.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import re
 import selectors
@@ -49,7 +51,6 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 log = logging.getLogger("qkdtwin.httpserver")
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r\n")
-_WORKER_BODY = (b"\r\ntransfer-encoding:", b"\r\nexpect:")  # bodies the worker must read
 _LISTEN, _WAKE = object(), object()  # selector data of the listening and wake-up sockets
 HANDSHAKE, HEAD, WAITING, SERVING = "handshake", "head", "waiting", "serving"
 
@@ -307,24 +308,55 @@ class Gate:
             if not slot.buf and slot.deadline - time.monotonic() > lim.header_timeout:
                 slot.deadline = time.monotonic() + lim.header_timeout  # a keep-alive request
             slot.buf += data
-        ready = self._complete(slot.buf)
-        if ready is None:
-            self._drop(slot, "request head too large")
-        elif ready:
+        ready = self._complete(slot)
+        if ready is True:
             self._queue(slot)
+        elif ready is not False:
+            self._refuse(slot, *ready)
 
-    def _complete(self, buf: bytearray) -> bool | None:
-        """Whether ``buf`` holds a request the worker can read without waiting for the client
-        (None: a head over the limit)."""
+    def _complete(self, slot: _Slot) -> bool | tuple[int, str]:
+        """Whether the buffer holds a request a worker can read without waiting for the
+        client; or the refusal (status, message) of one the gate does not pass on."""
+        buf, lim = slot.buf, self.limits
         end = buf.find(b"\r\n\r\n")
         if end < 0:
-            return None if len(buf) > self.limits.max_head else False
+            return (431, "request head too large") if len(buf) > lim.max_head else False
         head = bytes(buf[:end + 2]).lower()
-        if any(h in head for h in _WORKER_BODY):
-            return True
         m = _CONTENT_LENGTH.search(head)
         length = int(m.group(1)) if m else 0
-        return length > self.limits.gate_body_max or len(buf) >= end + 4 + length
+        if slot.peer:  # peer KMs: large bodies (key batches) are read by the worker
+            if length > lim.gate_body_max or b"\r\ntransfer-encoding:" in head:
+                return True
+        elif b"\r\ntransfer-encoding:" in head:  # a body of unknown length: refused
+            return (411, "send the body with a Content-Length")
+        elif length > lim.gate_body_max:
+            return (413, f"request body larger than {lim.gate_body_max} bytes")
+        if len(buf) >= end + 4 + length:
+            return True
+        expect = head.find(b"\r\nexpect: 100-continue\r\n")
+        if expect >= 0 and len(buf) == end + 4:
+            # the client waits for this before it sends the body; the worker must not send
+            # a second one, so the header goes
+            self._send(slot, b"HTTP/1.1 100 Continue\r\n\r\n")
+            del buf[expect:expect + len(b"\r\nexpect: 100-continue")]
+        return False
+
+    def _send(self, slot: _Slot, data: bytes) -> None:
+        """Best effort from the gate (a small write to a fresh TLS connection fits its
+        socket buffer); a client that does not read loses it."""
+        try:
+            slot.sock.send(data)
+        except (ssl.SSLError, OSError):
+            pass
+
+    def _refuse(self, slot: _Slot, status: int, message: str) -> None:
+        body = json.dumps({"message": message}).encode()
+        reason = {411: "Length Required", 413: "Content Too Large",
+                  431: "Request Header Fields Too Large"}[status]
+        self._send(slot, b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                   % (status, reason.encode(), len(body), body))
+        self._drop(slot, message)
 
     def _queue(self, slot: _Slot) -> None:
         self._sel.unregister(slot.sock)
