@@ -7,8 +7,10 @@ slow-loris clients (TLS without a certificate, one header line a second) and 25 
 that never finish, i.e. 200 + 50 + 50 in all, reopened whenever km1 closes one. Meanwhile:
 
 - a legitimate application on km1 (sae-a1, slave sae-a0) calls ETSI 014 ``status`` and
-  ``enc_keys`` in turn, a new TLS connection every 20th call: p99 of each under 200 ms (the
-  issue's threshold);
+  ``enc_keys`` in turn, a new TLS connection every 20th call, from ``SETTLE_S`` after every
+  attacker connection was in place: p99 of each under 200 ms (the issue's threshold; an
+  ``enc_keys`` answered 503 "retry later" when km1 runs short of link key counts as an
+  answer);
 - a relayed session km2 -> km0 (sae-a2 -> sae-a0, through km1) gets more keys than a KM
   prefetches (so some must be relayed through km1 during the attack), and sae-a0 decrypts
   them at km0.
@@ -39,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ATTACKERS = {"ctl": {"idle": 100, "loris": 25, "stuck": 25},
              "broker": {"idle": 100, "loris": 25, "stuck": 25}}
 ATTACK_S = 120.0       # the attackers stop by themselves after this
-SAMPLES = 150          # of each call of the legitimate application
+SAMPLES = 300          # of each call of the legitimate application (p99: the 4th worst)
+SETTLE_S = 3.0         # after the attack is in place, before measuring
 P99_LIMIT_S = 0.200    # the issue's threshold
 RELAYED_KEYS = 96      # > prefetch_keys (64): some are relayed during the attack
 PAIRS = (("sae-a1", "sae-a0"), ("sae-a2", "sae-a0"))  # (master, slave) opened here
@@ -116,6 +119,13 @@ class Attackers:
 
 def _relayed(client: SaeClient, out: dict) -> None:
     """sae-a2 -> sae-a0 through km1: RELAYED_KEYS keys, 8 a call, retrying "later"."""
+    try:
+        _relay_keys(client, out)
+    except Exception as exc:  # noqa: BLE001 - reported by the test's assertion
+        out["errors"].append(repr(exc))
+
+
+def _relay_keys(client: SaeClient, out: dict) -> None:
     deadline = time.monotonic() + 90
     while len(out["keys"]) < RELAYED_KEYS and time.monotonic() < deadline:
         try:
@@ -124,7 +134,7 @@ def _relayed(client: SaeClient, out: dict) -> None:
             out["errors"].append(str(exc))
             continue
         if r.ok:
-            out["keys"].extend(r.keys)
+            out["keys"].extend(r.keys())
         elif _retry_later(r):
             time.sleep(0.5)
         else:
@@ -144,6 +154,7 @@ def test_slow_clients_do_not_stall_a_km(lab):
     relayed = {"keys": [], "errors": []}
     try:
         held = attack.wait_ready(30)
+        time.sleep(SETTLE_S)  # measured: the attack held, not its first burst of connects
         relay = threading.Thread(target=_relayed, args=(relay_src, relayed), daemon=True)
         relay.start()
         lat = {"status": [], "enc_keys": []}
@@ -160,14 +171,16 @@ def test_slow_clients_do_not_stall_a_km(lab):
                     code = 0
                 lat[name].append(time.perf_counter() - t0)
                 codes[name].append(code)
-            time.sleep(0.05)
+            time.sleep(0.02)
         relay.join(100)
         still_held = all(p.poll() is None for p in attack.procs.values())
     finally:
         attack.stop()
 
     summary = {n: {"p99_ms": round(p99(v) * 1000, 1), "max_ms": round(max(v) * 1000, 1),
-                   "codes": sorted(set(codes[n]))} for n, v in lat.items()}
+                   "codes": sorted(set(codes[n])),
+                   "slow": [(i, round(x * 1000)) for i, x in enumerate(v) if x > 0.1]}
+               for n, v in lat.items()}
     print(f"\nH1 attack on km1: {summary}; relayed keys {len(relayed['keys'])}; "
           f"attackers {attack.out}")
     assert held and still_held, f"the attack was not in place: {attack.out}"
@@ -180,4 +193,4 @@ def test_slow_clients_do_not_stall_a_km(lab):
     sample = relayed["keys"][-8:]
     r = slave.dec_keys("sae-a2", [k["key_ID"] for k in sample])
     assert r.ok, r.message
-    assert [k["key"] for k in r.keys] == [k["key"] for k in sample]
+    assert [k["key"] for k in r.keys()] == [k["key"] for k in sample]
