@@ -8,8 +8,9 @@
 
 Every connection the server closes is opened again after ``--backoff`` seconds, so the
 pressure stays for ``--seconds``; then the script prints one JSON line of counts and exits.
-It prints ``ready`` once every connection was opened the first time (a server that cannot
-accept them never makes it print that).
+It prints ``ready`` once every connection was opened the first time (TCP connected; for
+slow-loris, TLS established), ``not ready: …`` if some could not be; a server that cannot
+accept them never makes it print either.
 
     python tests/support/slow_clients.py HOST PORT --idle 200 --loris 50 --stuck 50 --seconds 30
 
@@ -64,7 +65,7 @@ class Attack:
                 return
             finally:
                 if not first.done():
-                    first.set_result(None)
+                    first.set_result(False)  # its first connection failed
             await asyncio.sleep(self.args.backoff)
 
     async def _hold(self, kind: str, first: asyncio.Future) -> None:
@@ -73,7 +74,7 @@ class Attack:
         self.opened[kind] += 1
         self.held[kind] += 1
         if not first.done():
-            first.set_result(None)
+            first.set_result(True)
         try:
             if kind == "stuck":
                 writer.write(self.hello)
@@ -102,8 +103,10 @@ class Attack:
                 tasks.append(asyncio.create_task(self.one(kind, fut)))
                 await asyncio.sleep(0.002)  # a burst, not one SYN storm
         try:
-            await asyncio.wait_for(asyncio.gather(*firsts), self.args.seconds)
-            print("ready", flush=True)
+            results = await asyncio.wait_for(asyncio.gather(*firsts), self.args.seconds)
+            failed = results.count(False)
+            print("ready" if not failed else f"not ready: {failed} first connections failed",
+                  flush=True)
         except TimeoutError:
             pass
         held_at_ready = dict(self.held)
