@@ -83,7 +83,8 @@ class KmCluster:
     def url(self, n: str) -> str:
         return f"https://127.0.0.1:{self.ports[n]}"
 
-    def start(self, wait_pools: bool = True, timeout: float = 20.0) -> KmCluster:
+    def start(self, wait_pools: bool = True, timeout: float = 60.0) -> KmCluster:
+        """Start every KM and wait until each is healthy (generous: hosts are shared)."""
         for n in self.nodes:
             self.start_node(n)
         for n in self.nodes:
