@@ -154,13 +154,14 @@ class KeyStore:
 
     def durable(self) -> None:
         """Return once every commit made so far is on disk (group commit, module doc)."""
-        if self._db.total_changes <= self._synced:
+        mine = self._db.total_changes  # counts the caller's commits (made before this call)
+        if mine <= self._synced:
             return
         with self._sync_lock:
+            if mine <= self._synced:
+                return  # the sync that ran while we waited covered our commits
             with self._lock:  # no transaction is open while this is held
                 target = self._db.total_changes
-            if target <= self._synced:
-                return  # a sync that started after our commit covered it
             os.fdatasync(self._wal_fd())  # outside _lock: others commit meanwhile
             self._synced = target
 
