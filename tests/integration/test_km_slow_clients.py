@@ -28,7 +28,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 
+from qkdtwin.bus import admission_in
 from qkdtwin.key_manager.sessions import session_id_014
 from qkdtwin.labops.lab import DeployedLab as SaeLab
 from qkdtwin.sae.client import SaeClient, SaeError
@@ -45,6 +47,9 @@ SAMPLES = 300          # of each call of the legitimate application (p99: the 4t
 SETTLE_S = 3.0         # after the attack is in place, before measuring
 P99_LIMIT_S = 0.200    # the issue's threshold
 RELAYED_KEYS = 96      # > prefetch_keys (64): some are relayed during the attack
+# link key km1 must hold on km0-km1 before measuring: pads for every key asked for here and
+# the prefetch, twice over, so that no answer waits for the QKD link (that is not H1's subject)
+NEED_LINK_BITS = 2 * (SAMPLES + RELAYED_KEYS + 2 * 64) * 256
 PAIRS = (("sae-a1", "sae-a0"), ("sae-a2", "sae-a0"))  # (master, slave) opened here
 
 
@@ -72,7 +77,7 @@ def lab(deployed_lab):
 
     yield deployed_lab, sae_lab, client
     for master, slave in PAIRS:
-        events.bus.publish("qkd/v1/admission/in", {
+        events.bus.publish(admission_in(sae_lab.sae_km(master)), {
             "type": "close_request", "km": sae_lab.sae_km(master),
             "session_id": session_id_014(master, slave), "reason": "closed"})
     time.sleep(1.0)  # let the broker deliver them before the bus goes
@@ -149,6 +154,15 @@ def test_slow_clients_do_not_stall_a_km(lab):
     slave = client("sae-a0")                # on km0
     wait_for(lambda: app.status("sae-a0").ok, 120, "km1 answers sae-a1's status")
     wait_for(lambda: relay_src.status("sae-a0").ok, 120, "km2 answers sae-a2's status")
+
+    cert = tuple(str(p) for p in sae_lab.host_identity())
+
+    def km1_link_bits() -> int:
+        h = requests.get(f"{sae_lab.km_url('km1')}/healthz", cert=cert, verify=str(sae_lab.ca),
+                         timeout=10).json()
+        return h["links"]["km0-km1"]["pool_bits"]
+    wait_for(lambda: km1_link_bits() >= NEED_LINK_BITS, 180,
+             f"km1 to hold {NEED_LINK_BITS} bits of link key on km0-km1")
 
     attack = Attackers(deployed, sae_lab.km_url("km1"))
     relayed = {"keys": [], "errors": []}
