@@ -1,12 +1,21 @@
 #!/usr/bin/env python3
-"""Cascade reconciliation: efficiency f, frame error rate and throughput.
+"""Reconciliation: efficiency f, frame error rate, throughput, round trips and bytes.
 
-f = leaked parities / (n H2(QBER)) with QBER the channel's crossover probability; a frame
-error is a frame that still differs after Cascade (verification would discard it). Frames of
-one QBER are reconciled in batches (lockstep), both parties in this process; throughput is
-corrected bits per CPU second of both parties (one core).
+Every method reconciles the same random frames (Alice's bits, Bob's = Alice's with each bit
+flipped with probability QBER), both parties in this process, every message through the wire
+format the modules use (`qkdtwin.quantum.wire`), so the CPU time is both ends' work on one
+core including encoding. f = disclosed bits / (n H2(QBER)) with QBER the channel's crossover
+probability (`f_realised` uses the errors actually drawn); a frame error is a frame that
+still differs afterwards (verification would discard it); with no failure the 95 % upper
+bound 3/frames is given. Frames are reconciled in batches of about `--batch-bits` bits.
 
-    python benchmarks/bench_reconcile.py [--frames-1e4 2000] [--frames-1e5 200]
+Methods are the entries of METHODS: `cascade-v1` is the Cascade of before issue 15
+(benchmarks/cascade_v1.py, numpy), `cascade` today's (quantum/cascade.py, numba). Another
+method (e.g. LDPC) adds an entry: a function (x, y, qber, seed, channel) -> corrected Bob key,
+where `channel(msg) -> reply` carries every message to Alice's side and counts it.
+
+    python benchmarks/bench_reconcile.py [--methods cascade,cascade-v1] [--sizes 10000,65536]
+        [--frames cascade=30000,cascade-v1=200] [--qbers 0.01,0.05]
 """
 
 from __future__ import annotations
@@ -14,84 +23,181 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from qkdtwin.quantum.cascade import reconcile_local  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cascade_v1  # noqa: E402
+
+from qkdtwin.quantum import cascade, wire  # noqa: E402
 
 QBERS = (0.01, 0.02, 0.03, 0.05, 0.08)
+SIZES = (10_000, 1 << 16, 1 << 18)
+
+
+class Channel:
+    """Alice's side behind the wire format: counts round trips and bytes both ways."""
+
+    def __init__(self, handler: Callable[[dict], dict]):
+        self.handler = handler
+        self.round_trips = 0
+        self.bytes = 0
+
+    def __call__(self, msg: dict) -> dict:
+        data = wire.encode(msg)
+        reply = wire.encode(self.handler(wire.decode(data)))
+        self.round_trips += 1
+        self.bytes += len(data) + len(reply)
+        return wire.decode(reply)
+
+
+def _cascade_with(mod) -> Callable:
+    """A Cascade implementation (module with CascadePlan/ParityOracle/CascadeBob) as a method:
+    the messages are postprocess.py's `parity` exchange."""
+
+    def method(x, y, q, seed, channel_for):
+        plan = mod.CascadePlan.for_qber(x.shape[1], x.shape[0], q, seed)
+        layout = mod.CascadeLayout(plan)
+        box = {}
+
+        def alice(msg):
+            if "plan" in msg:
+                box["o"] = mod.ParityOracle(mod.CascadePlan.from_dict(msg["plan"]), x)
+            par = box["o"].answer(np.asarray(msg["nodes"], np.int64))
+            return {"type": "parity_reply", "parities": np.packbits(par)}
+
+        channel = channel_for(alice)
+        first = [True]
+
+        def ask(nodes):
+            small = nodes.astype(np.int32) if layout.total_nodes < 2**31 else nodes
+            msg = {"type": "parity", "nodes": small}
+            if first[0]:
+                msg["plan"], first[0] = plan.to_dict(), False
+            r = channel(msg)
+            return np.unpackbits(np.asarray(r["parities"], np.uint8), count=len(nodes))
+
+        res = mod.CascadeBob(plan, y, ask, layout).run()
+        return res.key, res.leaked_bits
+
+    return method
+
+
+METHODS: dict[str, Callable] = {
+    "cascade": _cascade_with(cascade),
+    "cascade-v1": _cascade_with(cascade_v1),
+}
 
 
 def h2(p: float) -> float:
     return -p * math.log2(p) - (1 - p) * math.log2(1 - p)
 
 
-def run(n: int, q: float, frames: int, batch: int, seed: int) -> dict:
+def run(method: Callable, n: int, q: float, frames: int, batch_bits: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    leaked = failed = rts = errors = 0
-    cpu = 0.0
-    done = 0
+    batch = max(1, min(frames, batch_bits // n))
+    leaked = failed = errors = done = 0
+    rts, nbytes, cpu = [], 0, 0.0
     while done < frames:
         f = min(batch, frames - done)
         x = rng.integers(0, 2, (f, n), dtype=np.uint8)
-        e = rng.random((f, n)) < q
+        e = (rng.random((f, n)) < q).astype(np.uint8)
         y = x ^ e
+        channels: list[Channel] = []
+
+        def channel_for(handler, channels=channels):
+            channels.append(Channel(handler))
+            return channels[-1]
+
         t = time.process_time()
-        res, _ = reconcile_local(x, y, q, seed=int(rng.integers(1 << 30)))
+        key, leak = method(x, y, q, int(rng.integers(1 << 62)), channel_for)
         cpu += time.process_time() - t
-        leaked += res.leaked_bits
-        failed += int((res.key != x).any(axis=1).sum())
-        rts = max(rts, res.round_trips)
+        leaked += leak
+        failed += int((key != x).any(axis=1).sum())
+        rts.append(sum(c.round_trips for c in channels))
+        nbytes += sum(c.bytes for c in channels)
         errors += int(e.sum())
         done += f
     bits = n * frames
-    fer = failed / frames
     return {
-        "n": n, "qber": q, "frames": frames, "frames_failed": failed,
-        "fer": fer,
-        # one-sided 95 % upper bound (rule of three when no failure)
-        "fer_upper_95": (3.0 / frames) if failed == 0 else None,
-        "f": leaked / (bits * h2(q)),
-        "f_realised_qber": leaked / (bits * h2(errors / bits)),
-        "leaked_bits": leaked, "round_trips_per_batch_max": rts, "batch_frames": batch,
-        "cpu_s": cpu, "throughput_bps": bits / cpu,
+        "n": n, "qber": q, "frames": frames, "batch_frames": batch,
+        "frames_failed": failed, "fer": failed / frames,
+        "fer_upper_95": 3.0 / frames if failed == 0 else None,
+        "f": leaked / (bits * h2(q)), "f_realised": leaked / (bits * h2(errors / bits)),
+        "leaked_bits": leaked,
+        "round_trips_per_batch_median": float(np.median(rts)),
+        "round_trips_per_batch_max": int(max(rts)),
+        "bytes_per_frame": nbytes / frames,
+        "cpu_s": cpu, "mbit_s": bits / cpu / 1e6,
     }
+
+
+def _frames(spec: str) -> dict[str, dict[int, int]]:
+    """'cascade=30000,cascade-v1=200' or 'cascade@65536=30000' -> per method (and size)."""
+    out: dict[str, dict[int, int]] = {}
+    for item in filter(None, spec.split(",")):
+        key, _, val = item.partition("=")
+        name, _, size = key.partition("@")
+        out.setdefault(name, {})[int(size) if size else 0] = int(val)
+    return out
+
+
+DEFAULT_FRAMES = ("cascade@10000=20000,cascade@65536=4000,cascade@262144=1000,"
+                  "cascade-v1@10000=1000,cascade-v1@65536=100,cascade-v1@262144=20")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames-1e4", type=int, default=2000)
-    ap.add_argument("--frames-1e5", type=int, default=200)
-    ap.add_argument("--n", type=int, choices=(10_000, 100_000),
-                    help="run one frame length only and update its rows in the JSON file")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--qbers", default=",".join(map(str, QBERS)))
+    ap.add_argument("--frames", default=DEFAULT_FRAMES,
+                    help="frames per method[@size], e.g. cascade=30000,cascade-v1@10000=2000")
+    ap.add_argument("--batch-bits", type=int, default=1 << 22)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "reconcile.json"))
     args = ap.parse_args()
-    rows = []
-    if args.n and Path(args.out).exists():
-        rows = [r for r in json.loads(Path(args.out).read_text())["results"] if r["n"] != args.n]
-    print(f"{'n':>7} {'QBER':>5} {'frames':>6} {'fail':>4} {'f':>6} {'FER':>9} "
-          f"{'RTs':>5} {'Mbit/s':>7}")
-    for n, frames, batch in ((10_000, args.frames_1e4, 100), (100_000, args.frames_1e5, 10)):
-        if args.n and n != args.n:
-            continue
-        for q in QBERS:
-            r = run(n, q, frames, batch, seed=int(q * 1000) + n)
-            rows.append(r)
-            fer = f"<{r['fer_upper_95']:.1e}" if r["frames_failed"] == 0 else f"{r['fer']:.1e}"
-            print(f"{n:7d} {q:5.2f} {frames:6d} {r['frames_failed']:4d} {r['f']:6.3f} {fer:>9} "
-                  f"{r['round_trips_per_batch_max']:5d} {r['throughput_bps'] / 1e6:7.2f}")
-    rows.sort(key=lambda r: (r["n"], r["qber"]))
-    out = {"benchmark": "reconcile", "variant": "Cascade option7 (k1=2^round(log2(0.7/Q)), "
-           "k2=2^round(log2(4/Q)) (2.8/Q below 1.5 % at n=1e4), then n/2; 12 passes below 3 % "
-           "QBER at n < 5e4, else 16; sub-block reuse, block parity inference, lockstep batches)",
-           "command": "python benchmarks/bench_reconcile.py" + (f" --n {args.n}" if args.n else ""),
-           "machine": platform.machine(),
-           "python": platform.python_version(), "numpy": np.__version__,
+    frames = _frames(args.frames)
+    methods = args.methods.split(",")
+    for m in methods:
+        if m not in METHODS:
+            raise SystemExit(f"unknown method {m!r} (have {', '.join(METHODS)})")
+        run(METHODS[m], 1000, 0.05, 2, 1 << 20, seed=0)  # warm-up (JIT cache load) untimed
+    old = {}
+    if Path(args.out).exists():
+        old = {(r["method"], r["n"], r["qber"]): r
+               for r in json.loads(Path(args.out).read_text()).get("results", [])
+               if "method" in r}
+    print(f"{'method':>10} {'n':>7} {'QBER':>5} {'frames':>6} {'fail':>4} {'f':>6} {'FER':>9} "
+          f"{'RTs':>5} {'kB/fr':>7} {'Mbit/s':>7}")
+    for n in map(int, args.sizes.split(",")):
+        for q in map(float, args.qbers.split(",")):
+            for m in methods:
+                per = frames.get(m, {})
+                nf = per.get(n, per.get(0, 200))
+                r = {"method": m, **run(METHODS[m], n, q, nf, args.batch_bits,
+                                        seed=int(q * 1000) + n)}
+                old[(m, n, q)] = r
+                fer = (f"<{r['fer_upper_95']:.1e}" if r["frames_failed"] == 0
+                       else f"{r['fer']:.1e}")
+                print(f"{m:>10} {n:7d} {q:5.2f} {nf:6d} {r['frames_failed']:4d} {r['f']:6.3f} "
+                      f"{fer:>9} {r['round_trips_per_batch_max']:5d} "
+                      f"{r['bytes_per_frame'] / 1e3:7.1f} {r['mbit_s']:7.2f}", flush=True)
+    rows = sorted(old.values(), key=lambda r: (r["method"], r["n"], r["qber"]))
+    out = {"benchmark": "reconcile",
+           "methods": {"cascade": "quantum/cascade.py (numba kernels, frames advance "
+                                  "independently, lazy final passes)",
+                       "cascade-v1": "benchmarks/cascade_v1.py: Cascade before issue 15 "
+                                     "(numpy, lockstep passes)"},
+           "command": "python " + " ".join(sys.argv),
+           "machine": platform.machine(), "python": platform.python_version(),
+           "numpy": np.__version__, "load_average": os.getloadavg(),
            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": rows}
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")
