@@ -114,6 +114,38 @@ def test_relayed_004_session_through_km0_and_close(lab):
     assert sid not in view(lab)["reservations"]
 
 
+def test_transit_km_that_missed_a_delete_drops_that_session_and_keeps_the_other(lab):
+    """km0 relays two streams and is SIGKILLed; one stream is closed meanwhile, so its
+    session_delete to km0 is lost and admission gives up on km0's confirmation. Restarted,
+    km0 restores both from km.sqlite; it must end the closed one (the soak's session_stuck)
+    and keep relaying the other."""
+    cluster, plane = lab["cluster"], lab["plane"]
+    gone = open_pair(lab, "km1", "sae-1", "km2", "sae-2")
+    kept = open_pair(lab, "km1", "sae-1", "km3", "sae-3")
+    assert keys(lab, "km1", "sae-1", kept, range(2)) == keys(lab, "km3", "sae-3", kept, range(2))
+    assert keys(lab, "km1", "sae-1", gone, range(1)) == keys(lab, "km2", "sae-2", gone, range(1))
+    wait_for(lambda: cluster.health("km0")["sessions"].get("OPERATIVE") == 2, timeout=10)
+
+    cluster.kill("km0")
+    r = lab["saes"]["sae-2"].post(f"{cluster.url('km2')}/api/v1/qkd004/close",
+                                  json={"key_stream_id": gone})
+    assert r.json()["status"] == 0
+    # km1 and km2 confirm, km0 cannot: after confirm_timeout_s admission ends it anyway
+    wait_for(lambda: plane.health("admission")["sessions"] == {"active": 1}, timeout=20)
+
+    cluster.start_node("km0")
+    cluster.wait_healthy("km0", timeout=60)
+    # the closed stream is gone at km0 (deleted, not restored as live), the kept one stays
+    wait_for(lambda: cluster.health("km0")["sessions"].get("OPERATIVE") == 1, timeout=20)
+    assert keys(lab, "km1", "sae-1", kept, range(2, 4)) == \
+        keys(lab, "km3", "sae-3", kept, range(2, 4))
+    r = lab["saes"]["sae-3"].post(f"{cluster.url('km3')}/api/v1/qkd004/close",
+                                  json={"key_stream_id": kept})
+    assert r.json()["status"] == 0
+    wait_for(lambda: plane.health("admission")["sessions"] == {}, timeout=10)
+    wait_for(lambda: cluster.health("km0")["sessions"].get("OPERATIVE", 0) == 0, timeout=10)
+
+
 def test_014_and_refusals(lab):
     url = lab["cluster"].url
     r = lab["saes"]["sae-0"].get(f"{url('km0')}/api/v1/keys/sae-3/enc_keys?number=2&size=256")

@@ -6,7 +6,8 @@ reservation from the Routing Element → one ``session_config`` per KM on its ow
 ``active`` with an inactivity timer reset by ``key_request`` → ``close_request`` / timer /
 an endpoint's unsolicited ``deletion_confirm`` → ``terminating``: ``session_delete`` to every
 KM of the route, confirmations collected (or given up after ``confirm_timeout_s``),
-reservation released, VIRT link removed → ``terminated``.
+reservation released, VIRT link removed → ``terminated``. A KM that missed its delete (down
+or cut off meanwhile) asks with ``config_resync`` when it reconnects and is sent it again.
 
 On an alarm for a link, active sessions using it are re-routed: KMs that stay on the path
 get ``session_config`` with ``update: true`` when their hops change, KMs new on the path a
@@ -22,7 +23,6 @@ element or of the broker loses none. Config keys: ``peer_wait_s`` (60), ``inacti
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -36,14 +36,13 @@ from qkdtwin import bus
 from qkdtwin import messages as m
 from qkdtwin.bus import Message, RequestTimeout
 from qkdtwin.control.common import Element
+from qkdtwin.control.session_store import LIVE, SessionStore
 from qkdtwin.control.sla import bucket_for, check_qos
 from qkdtwin.etsi015 import SDN_BASE
 from qkdtwin.service import run_service
-from qkdtwin.sqlite import open_db
 
 log = logging.getLogger("qkdtwin.admission")
 
-LIVE = ("accepted", "routing", "active")
 BLOCKING = ("link_down", "qber_high")
 
 
@@ -63,27 +62,6 @@ def hop_entries(path: list[str], s: dict[str, Any]) -> dict[str, dict[str, Any]]
                    "next_hop": path[i + 1] if i < len(path) - 1 else None,
                    "local_sae_id": local, "peer_sae_id": peer, "peer_km": peer_km}
     return out
-
-
-class SessionStore:
-    """Sessions as JSON rows; terminated ones stay as history."""
-
-    def __init__(self, path: str) -> None:
-        self._db = open_db(path)
-        self._db.execute("CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY,"
-                         " state TEXT, body TEXT)")
-        self._lock = threading.Lock()
-
-    def save(self, s: dict[str, Any]) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO sessions VALUES (?,?,?)",
-                             (s["session_id"], s["state"], json.dumps(s)))
-
-    def live(self) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute("SELECT body FROM sessions WHERE state IN (?,?,?,?)",
-                                    (*LIVE, "terminating")).fetchall()
-        return [json.loads(r[0]) for r in rows]
 
 
 class AdmissionControl(Element):
@@ -407,15 +385,28 @@ class AdmissionControl(Element):
     # -- activity, close, deletion --
 
     def config_resync(self, sid: str, km: str) -> None:
-        """A KM on a live session's path lacks its forwarding entry (its session_config was
-        published while it was down or not yet subscribed): send that KM's entry again."""
+        """A KM asks for its forwarding entry of a session: one a neighbour relays on and it
+        lacks (its session_config was published while it was down or not yet subscribed),
+        or one it holds after a restart or reconnection. An active session with the KM on
+        its path: that KM's entry again. A session that ended, or left that KM when it was
+        re-routed, while the KM could not hear the delete: ``session_delete`` again, so
+        nothing outlives its session at admission. Sessions still being set up: ignored."""
         with self.lock:
             s = self.sessions.get(sid)
-            if s is None or s["state"] != "active" or km not in (s.get("entries") or {}):
-                self.event("config_resync_ignored", sid, km=km,
-                           reason="no active session with this KM on its path")
+            state = s["state"] if s is not None else "terminated"
+            if state == "active" and km in (s.get("entries") or {}):
+                self._send_config(s, km, update=False)
                 return
-            self._send_config(s, km, update=False)
+            if state in ("accepted", "routing"):
+                self.event("config_resync_ignored", sid, km=km,
+                           reason=f"session is {state}, not configured yet")
+                return
+            if state == "active":
+                reason = "rerouted"
+            else:  # terminating, or terminated (no longer in memory) or never known here
+                reason = (s or {}).get("end_reason") or "terminated"
+            self.delete(km, sid, reason)
+            self.event("deletion_resent", sid, km=km, reason=reason, state=state)
 
     def _off_path(self, s: dict[str, Any], km: str, what: str) -> bool:
         """``km`` is not on the session's path (before routing: its endpoints): refused."""

@@ -90,8 +90,15 @@ class Control:
     def start(self, on_config: Callable[[SessionConfig], None],
               on_delete: Callable[[SessionDelete], None],
               on_alarm: Callable[[str, LinkAlarm], None] | None = None,
-              on_revoked: Callable[[Revocation], None] | None = None) -> Control:
+              on_revoked: Callable[[Revocation], None] | None = None,
+              held_sessions: Callable[[], list[str]] | None = None) -> Control:
+        """``held_sessions``: the live sessions this KM has a forwarding entry for; after
+        every (re)connection each is checked with admission (``config_resync``), which
+        answers with its config or, for a session it ended meanwhile, ``session_delete``
+        (a KM that was down or cut off missed that delete and would keep the session)."""
         if self.bus is not None:
+            if held_sessions is not None:
+                self.bus.on_connected(lambda: self._check_held(held_sessions()))
             # decode() raises BadMessage on a malformed payload: logged and dropped by the bus
             self.bus.on_malformed(self._malformed)
             self.bus.subscribe(topics.km_config(self.node),
@@ -190,10 +197,14 @@ class Control:
             km=self.node, session_id=session_id, user=user, sae_id=sae_id,
             peer_sae_id=peer_sae_id, api=api, qos=qos))
 
-    def config_resync(self, session_id: str) -> None:
+    def config_resync(self, session_id: str, why: str = "unknown_session") -> None:
         """Ask admission to send this KM's session_config of a live session again."""
         self._publish(self._admission, ConfigResync(km=self.node, session_id=session_id))
-        self.event("config_resync", session_id)
+        self.event("config_resync", session_id, why=why)
+
+    def _check_held(self, session_ids: list[str]) -> None:
+        for sid in session_ids:
+            self.config_resync(sid, why="connected")
 
     def key_request(self, session_id: str, bits: int) -> None:
         with self._lock:

@@ -145,7 +145,8 @@ class KeyManager:
         for pool in self.pools.values():
             pool.start()
         self.control.start(self.control_in.on_config, self.control_in.on_delete,
-                           self.quarantine.on_alarm, self.control_in.on_revoked)
+                           self.quarantine.on_alarm, self.control_in.on_revoked,
+                           held_sessions=self._held_sessions)
         self.housekeeping.start()
         self.relay_out.start()
         log.info("key manager %s started", self.node,
@@ -177,6 +178,11 @@ class KeyManager:
                                                         cfg.get("next_hop")))
             else:
                 self.store.delete_session(s.session_id)
+
+    def _held_sessions(self) -> list[str]:
+        """Live sessions with a forwarding entry here (checked with admission on connect)."""
+        return [s.session_id for s in self.sessions.all()
+                if s.live and self.forwarding.get(s.session_id) is not None]
 
     def health(self) -> dict[str, Any]:
         db = self.store.ok()

@@ -83,9 +83,12 @@ class ConfigResync(Message):
     TYPE = "config_resync"
     TOPIC = "`admission/in/<km>`"
     NOTE = ("the KM has no forwarding entry for a session a neighbour relays on (its "
-            "`session_config` was published while it was down or not yet subscribed); "
+            "`session_config` was published while it was down or not yet subscribed), or "
+            "it (re)connected to the broker and checks each live session it holds; "
             "admission re-sends that KM's `session_config` (`update: false`) if the session "
-            "is active and the KM on its path, else ignores it (event `config_resync_ignored`)")
+            "is active and the KM on its path, `session_delete` if the session ended or "
+            "was re-routed away from the KM (event `deletion_resent`), and ignores it while "
+            "the session is still being set up (event `config_resync_ignored`)")
     km: str
     session_id: str
 
