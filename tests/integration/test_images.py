@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE = "qkdtwin/node:latest"
 BROKER = "qkdtwin/broker:latest"
 PREFIX = "qkdtwin-imgtest-"
-NODE_MAX_MB = 480  # measured: 441 MB on the local base, about 200 MB of it numba + LLVM (docs/runtimes.md)
+NODE_MAX_MB = 480  # measured: 441 MB on the local base, ~200 MB of it numba + LLVM (runtimes.md)
 BROKER_EXTRA_MAX_MB = 15
 
 

@@ -13,7 +13,6 @@ LIVE = ("accepted", "routing", "active")  # a session in these states holds or a
 
 
 class SessionStore:
-    """Sessions as JSON rows; terminated ones stay as history."""
 
     def __init__(self, path: str) -> None:
         self._db = open_db(path)
