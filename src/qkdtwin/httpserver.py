@@ -128,7 +128,9 @@ class _GatedConnection(HTTPConnection):
         try:
             return super().communicate()
         finally:
-            self.gate.post("finished", self)
+            # no wake-up: cheroot's worker hands the connection back (put) or closes it
+            # right after this, and that post wakes the gate for both
+            self.gate.post("finished", self, wake=False)
 
     def close(self) -> None:
         try:
@@ -173,11 +175,16 @@ class Gate:
     def put(self, conn: HTTPConnection) -> None:
         """A worker finished a request on a keep-alive connection: back to the gate, with
         what cheroot's read buffer already holds of the next request."""
-        leftover = conn.rfile.read1(1 << 20) if conn.rfile.has_data() else b""
+        try:
+            leftover = conn.rfile.read1(1 << 20) if conn.rfile.has_data() else b""
+        except (ssl.SSLError, OSError):
+            leftover = b""  # the gate's next read finds the connection broken
         self.post("put", (conn, leftover))
 
-    def post(self, what: str, item: Any) -> None:
+    def post(self, what: str, item: Any, wake: bool = True) -> None:
         self._inbox.append((what, item))
+        if not wake:
+            return
         try:
             self._wake_w.send(b"\0")
         except OSError:  # wake-up buffer full: the gate is awake anyway
@@ -414,7 +421,8 @@ class Gate:
         slot.deadline = now + (self.limits.header_timeout if leftover else
                                self.limits.idle_timeout)
         self._sel.register(slot.sock, selectors.EVENT_READ, slot)
-        self._read(slot)  # TLS may hold decrypted bytes that select() does not announce
+        if leftover or slot.sock.pending():  # bytes select() cannot announce
+            self._read(slot)
 
     # -- housekeeping --
 

@@ -167,13 +167,13 @@ class KeyStore:
 
     def _wal_fd(self) -> int:
         """An fd of the WAL file (SQLite keeps it while its connection is open; reopened
-        if it was replaced)."""
+        if it was unlinked: fstat, not a path lookup per answer)."""
+        if self._wal is not None and os.fstat(self._wal[0]).st_nlink > 0:
+            return self._wal[0]
+        if self._wal is not None:
+            os.close(self._wal[0])
         wal = self.path.with_name(self.path.name + "-wal")
-        inode = os.stat(wal).st_ino
-        if self._wal is None or self._wal[1] != inode:
-            if self._wal is not None:
-                os.close(self._wal[0])
-            self._wal = (os.open(wal, os.O_RDONLY), inode)
+        self._wal = (os.open(wal, os.O_RDONLY), os.stat(wal).st_ino)
         return self._wal[0]
 
     def _migrate(self) -> None:
