@@ -67,6 +67,9 @@ def admission_in_km(topic: str) -> str | None:
 
 
 ADMISSION_IN = admission_in("+")  # Admission Control's subscription
+# Retained, new on every (re)connection of Admission Control: KMs then check their live
+# sessions again (a check sent while admission was down or cut off was lost).
+ADMISSION_UP = f"{PREFIX}/admission/up"
 ACCESS_IN = f"{PREFIX}/access/in"
 # Operator requests (user management): only the operator identity `host` may write here.
 ACCESS_ADMIN = f"{PREFIX}/access/admin"

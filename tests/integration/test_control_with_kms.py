@@ -146,6 +146,41 @@ def test_transit_km_that_missed_a_delete_drops_that_session_and_keeps_the_other(
     wait_for(lambda: cluster.health("km0")["sessions"].get("OPERATIVE", 0) == 0, timeout=10)
 
 
+def test_km_checks_its_sessions_again_when_admission_comes_back(lab):
+    """As above, but admission is down when km0 comes back, so km0's own check is lost.
+    Admission's next start publishes a new admission_up epoch; km0 checks again and drops
+    the session admission ended while km0 was down."""
+    cluster, plane = lab["cluster"], lab["plane"]
+    gone = open_pair(lab, "km1", "sae-1", "km2", "sae-2")
+    kept = open_pair(lab, "km1", "sae-1", "km3", "sae-3")
+    assert keys(lab, "km1", "sae-1", kept, range(1)) == keys(lab, "km3", "sae-3", kept, range(1))
+    assert keys(lab, "km1", "sae-1", gone, range(1)) == keys(lab, "km2", "sae-2", gone, range(1))
+    wait_for(lambda: cluster.health("km0")["sessions"].get("OPERATIVE") == 2, timeout=10)
+
+    cluster.kill("km0")
+    r = lab["saes"]["sae-2"].post(f"{cluster.url('km2')}/api/v1/qkd004/close",
+                                  json={"key_stream_id": gone})
+    assert r.json()["status"] == 0
+    wait_for(lambda: plane.health("admission")["sessions"] == {"active": 1}, timeout=20)
+    plane.kill("admission")
+    try:
+        cluster.start_node("km0")
+        cluster.wait_healthy("km0", timeout=60)
+        time.sleep(2)  # km0's check on connecting reached nobody: it still holds both
+        assert cluster.health("km0")["sessions"].get("OPERATIVE") == 2
+    finally:
+        plane.start("admission")
+        wait_for(lambda: plane.healthy("admission"), timeout=20)
+    wait_for(lambda: cluster.health("km0")["sessions"].get("OPERATIVE") == 1, timeout=20)
+    assert keys(lab, "km1", "sae-1", kept, range(1, 3)) == \
+        keys(lab, "km3", "sae-3", kept, range(1, 3))
+    r = lab["saes"]["sae-3"].post(f"{cluster.url('km3')}/api/v1/qkd004/close",
+                                  json={"key_stream_id": kept})
+    assert r.json()["status"] == 0
+    wait_for(lambda: plane.health("admission")["sessions"] == {}, timeout=10)
+    wait_for(lambda: cluster.health("km0")["sessions"].get("OPERATIVE", 0) == 0, timeout=10)
+
+
 def test_014_and_refusals(lab):
     url = lab["cluster"].url
     r = lab["saes"]["sae-0"].get(f"{url('km0')}/api/v1/keys/sae-3/enc_keys?number=2&size=256")

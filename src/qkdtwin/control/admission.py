@@ -27,6 +27,7 @@ import logging
 import sys
 import threading
 import time
+import uuid
 from typing import Any
 
 import requests
@@ -101,6 +102,9 @@ class AdmissionControl(Element):
     def setup(self) -> None:
         self.bus.subscribe(bus.ADMISSION_IN, self.on_message)
         self.bus.subscribe(bus.alarm("+"), self.on_alarm)
+        # after the subscriptions (the bus sends them first): KMs check their sessions again
+        self.bus.on_connected(lambda: self.bus.publish(
+            bus.ADMISSION_UP, m.AdmissionUp(epoch=uuid.uuid4().hex).to_payload(), retain=True))
         threading.Thread(target=self._timer_loop, daemon=True, name="admission-timers").start()
         resume = [s for s in self.sessions.values() if s["state"] == "routing"]
         for s in resume:  # crashed between "both registered" and "configured"

@@ -7,8 +7,9 @@ at most one per session per second, with the bits summed), ``close_request``,
 write there); events on events/<km>;
 telemetry per link.
 In: ``session_config`` on km/<km>/config, ``session_delete`` on km/<km>/delete, the
-retained link alarms on alarm/+ (a (re)connected KM gets every link's current state) and the
-retained revocations of disabled users on access/revoked/+ (an empty payload: cleared).
+retained link alarms on alarm/+ (a (re)connected KM gets every link's current state), the
+retained revocations of disabled users on access/revoked/+ (an empty payload: cleared) and
+admission's retained ``admission_up`` (a new epoch: admission (re)connected).
 
 Every payload is a :mod:`qkdtwin.messages` class. An inbound payload that does not decode
 (not JSON, wrong type, missing or mistyped field, unknown version, too large) raises
@@ -28,6 +29,7 @@ from qkdtwin import bus as topics
 from qkdtwin.bounded import LruDict, RateGate, TokenBuckets
 from qkdtwin.bus import Bus, RequestTimeout
 from qkdtwin.messages import (
+    AdmissionUp,
     Authenticate,
     AuthResult,
     BadMessage,
@@ -85,6 +87,7 @@ class Control:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._event_gate = RateGate(0.0, GATE_MAX)
+        self._admission_epoch: str | None = None
         self._dropped_gate = RateGate(1.0, GATE_MAX)
 
     def start(self, on_config: Callable[[SessionConfig], None],
@@ -93,12 +96,15 @@ class Control:
               on_revoked: Callable[[Revocation], None] | None = None,
               held_sessions: Callable[[], list[str]] | None = None) -> Control:
         """``held_sessions``: the live sessions this KM has a forwarding entry for; after
-        every (re)connection each is checked with admission (``config_resync``), which
-        answers with its config or, for a session it ended meanwhile, ``session_delete``
-        (a KM that was down or cut off missed that delete and would keep the session)."""
+        every (re)connection of this KM, and of admission (a new ``admission_up`` epoch),
+        each is checked with admission (``config_resync``), which answers with its config
+        or, for a session it ended meanwhile, ``session_delete`` (a KM that was down or cut
+        off missed that delete and would keep the session)."""
         if self.bus is not None:
             if held_sessions is not None:
                 self.bus.on_connected(lambda: self._check_held(held_sessions()))
+                self.bus.subscribe(topics.ADMISSION_UP, lambda t, p, m: self._admission_up(
+                    decode(p, AdmissionUp), held_sessions))
             # decode() raises BadMessage on a malformed payload: logged and dropped by the bus
             self.bus.on_malformed(self._malformed)
             self.bus.subscribe(topics.km_config(self.node),
@@ -202,9 +208,17 @@ class Control:
         self._publish(self._admission, ConfigResync(km=self.node, session_id=session_id))
         self.event("config_resync", session_id, why=why)
 
-    def _check_held(self, session_ids: list[str]) -> None:
+    def _check_held(self, session_ids: list[str], why: str = "connected") -> None:
         for sid in session_ids:
-            self.config_resync(sid, why="connected")
+            self.config_resync(sid, why=why)
+
+    def _admission_up(self, up: AdmissionUp, held_sessions: Callable[[], list[str]]) -> None:
+        """The first epoch seen is the one this KM's own connection check already met; a
+        later, different one means admission came back and may have missed that check."""
+        with self._lock:
+            seen, self._admission_epoch = self._admission_epoch, up.epoch
+        if seen is not None and seen != up.epoch:
+            self._check_held(held_sessions(), why="admission_up")
 
     def key_request(self, session_id: str, bits: int) -> None:
         with self._lock:

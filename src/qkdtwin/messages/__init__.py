@@ -24,6 +24,7 @@ from qkdtwin.messages.base import (
     parse_json,
 )
 from qkdtwin.messages.catalog import (
+    AdmissionUp,
     Authenticate,
     AuthResult,
     CloseRequest,
@@ -71,7 +72,7 @@ ROUTING_IN = (PathRequest, Release, LinkMetrics, TopologyViewRequest)
 REPLIES = (AuthResult, ProfileReply, SaeReply, UsersReply, UserReply, PathReply, Released,
            TopologyView, OkReply, ErrorReply)
 ONE_WAY = (SessionConfig, SessionDelete, ModuleTelemetry, KmTelemetry, LinkAlarm, Topology,
-           Event, EveCommand, Revocation)
+           Event, EveCommand, Revocation, AdmissionUp)
 ALL: tuple[type[Message], ...] = (*ADMISSION_IN, *ACCESS_IN, *ACCESS_ADMIN, *ROUTING_IN,
                                   *ONE_WAY, *REPLIES)
 
@@ -87,7 +88,8 @@ def decode_any(payload: bytes | str | dict, among: Iterable[type[Message]]) -> M
 
 
 __all__ = [
-    "ACCESS_ADMIN", "ACCESS_IN", "ADMISSION_IN", "ALL", "AuthResult", "Authenticate",
+    "ACCESS_ADMIN", "ACCESS_IN", "ADMISSION_IN", "ALL", "AdmissionUp", "AuthResult",
+    "Authenticate",
     "BadMessage", "CloseRequest", "ConfigRequest", "ConfigResync", "DeletionConfirm",
     "ErrorReply", "EveCommand", "Event", "KeyRequest", "KmTelemetry", "LinkAlarm",
     "LinkMetrics", "LookupSae", "MAX_PAYLOAD_BYTES", "Message", "ModuleTelemetry", "ONE_WAY",

@@ -152,6 +152,16 @@ class AuthResult(Message):
 
 
 @dataclass(kw_only=True)
+class AdmissionUp(Message):
+    TYPE = "admission_up"
+    TOPIC = "`admission/up` (retained)"
+    NOTE = ("Admission Control → every KM, published with a new `epoch` on each of its "
+            "broker (re)connections: a KM that sees the epoch change checks each live session "
+            "it holds (`config_resync`), since checks sent while admission was away were lost")
+    epoch: str
+
+
+@dataclass(kw_only=True)
 class Revocation(Message):
     TYPE = "revocation"
     TOPIC = "`access/revoked/<user>` (retained)"

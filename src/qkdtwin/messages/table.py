@@ -9,7 +9,8 @@ from qkdtwin.messages.base import Message
 # Requests next to their replies, in the order a session meets them.
 ORDER: tuple[type[Message], ...] = (
     c.Authenticate, c.AuthResult, c.Revocation, c.ConfigRequest, c.KeyRequest, c.CloseRequest,
-    c.DeletionConfirm, c.ConfigResync, c.SessionConfig, c.SessionDelete, c.ProfileRequest,
+    c.DeletionConfirm, c.ConfigResync, c.AdmissionUp, c.SessionConfig, c.SessionDelete,
+    c.ProfileRequest,
     c.ProfileReply, c.LookupSae, c.SaeReply, c.PathRequest, c.PathReply, c.Release, c.Released,
     c.LinkMetrics, c.TopologyViewRequest, c.TopologyView, c.ModuleTelemetry, c.KmTelemetry,
     c.LinkAlarm, c.Topology,
