@@ -17,6 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import ssl
 import statistics
 import sys
@@ -175,6 +176,7 @@ def main() -> int:
         print("wrote", a.out)
     finally:
         broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # key stores and the test CA: nothing to keep
     return 0
 
 
