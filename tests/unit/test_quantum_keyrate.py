@@ -19,7 +19,25 @@ def test_decoy_reaches_beyond_140_km_and_no_decoy_is_far_shorter():
     d_gllp = keyrate.max_distance(GYS, "no-decoy")
     assert 140.0 < d_inf < 145.0          # Lo-Ma-Chen: ~142 km under GYS
     assert 130.0 < d_vw <= d_inf
-    assert d_gllp < 40.0
+    assert 35.0 < d_gllp < 45.0
+
+
+def _best_rate_by_scan(p, model: str) -> float:
+    """The largest rate over 6,001 log-spaced mu in [1e-8, 1.5]: slow, but no optimiser."""
+    return max(keyrate.rate_per_pulse(p, model, 1e-8 * 1.5e8 ** (i / 6000))
+               for i in range(6001))
+
+
+def test_no_decoy_max_distance_matches_an_exhaustive_mu_scan():
+    """The value derived without the optimiser: GLLP under GYS keeps a positive rate at
+    40.1 km (best mu about 0.0037) and none at 40.3 km. The old linear mu grid (first steps
+    1e-4, 0.0126) saw no positive rate beyond 27.6 km."""
+    p = GYS.replace(protocol="bb84")
+    assert _best_rate_by_scan(p.replace(length_km=40.1), "no-decoy") > 0.0
+    assert _best_rate_by_scan(p.replace(length_km=40.3), "no-decoy") == 0.0
+    assert keyrate.max_distance(p, "no-decoy") == pytest.approx(40.2, abs=0.1)
+    mu, r = keyrate.optimal_mu(p.replace(length_km=30.0), "no-decoy")
+    assert 0.004 < mu < 0.008 and r > 0.0
 
 
 def test_ideal_rate_vanishes_at_eleven_percent():
@@ -89,7 +107,7 @@ def test_cli_lab_link_table_and_errors(capsys):
 def test_cli_max_distance_and_plot(tmp_path, capsys):
     assert main(["keyrate", "--max-distance", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)["max_distance_km"]
-    assert d["infinite-decoy"] > 140 and d["no-decoy"] < 40
+    assert d["infinite-decoy"] > 140 and 35 < d["no-decoy"] < 45
     png = tmp_path / "r.png"
     assert main(["keyrate", "--distance", "0,50", "--plot", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"

@@ -15,6 +15,7 @@ from qkdtwin.quantum.params import LinkParams
 MODELS = ("infinite-decoy", "vacuum-weak-decoy", "no-decoy", "ideal")
 Q_SIFT = 0.5  # basis sifting factor q of standard BB84
 E0 = 0.5      # error probability of a background click
+MU_MIN, MU_MAX, MU_STEPS = 1e-7, 1.5, 240  # the optimiser's log grid of mu
 
 
 def h2(p: float) -> float:
@@ -121,26 +122,32 @@ def rate_per_pulse(p: LinkParams, model: str, mu: float | None = None) -> float:
 
 
 def optimal_mu(p: LinkParams, model: str) -> tuple[float, float]:
-    """(mu, rate) maximising the rate per pulse; for `ideal`, mu is irrelevant (nan)."""
+    """(mu, rate) maximising the rate per pulse; for `ideal`, mu is irrelevant (nan).
+
+    The grid is logarithmic: without decoys the best mu shrinks with the transmittance
+    (about 0.006 at 30 km under GYS), below the first steps of a linear grid, which then
+    saw no positive rate and cut the maximum distance short (27.6 instead of 40.2 km)."""
     if model == "ideal":
         return math.nan, rate_per_pulse(p, model)
-    lo = p.nu * 1.0001 if model == "vacuum-weak-decoy" else 1e-4
-    grid = [lo + (1.5 - lo) * i / 120 for i in range(121)]
+    lo = p.nu * 1.0001 if model == "vacuum-weak-decoy" else MU_MIN
+    grid = [lo * (MU_MAX / lo) ** (i / MU_STEPS) for i in range(MU_STEPS + 1)]
     rates = [rate_per_pulse(p, model, m) for m in grid]
     i = max(range(len(grid)), key=rates.__getitem__)
     if rates[i] <= 0.0:
         return math.nan, 0.0
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    # golden-section refinement in log mu between the grid maximum's neighbours
+    a, b = math.log(grid[max(i - 1, 0)]), math.log(grid[min(i + 1, len(grid) - 1)])
     g = (math.sqrt(5.0) - 1.0) / 2.0
     c, d = b - g * (b - a), a + g * (b - a)
-    for _ in range(40):  # golden-section refinement around the grid maximum
-        if rate_per_pulse(p, model, c) > rate_per_pulse(p, model, d):
+    for _ in range(40):
+        if rate_per_pulse(p, model, math.exp(c)) > rate_per_pulse(p, model, math.exp(d)):
             b = d
         else:
             a = c
         c, d = b - g * (b - a), a + g * (b - a)
-    m = (a + b) / 2.0
-    return m, rate_per_pulse(p, model, m)
+    m = math.exp((a + b) / 2.0)
+    best = rate_per_pulse(p, model, m)
+    return (m, best) if best >= rates[i] else (grid[i], rates[i])
 
 
 @dataclass(frozen=True)
