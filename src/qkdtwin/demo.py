@@ -26,8 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from qkdtwin.deploy import deploy
 from qkdtwin.errors import UserError
 from qkdtwin.labops.lab import DeployedLab
@@ -47,19 +45,11 @@ def link_pools(lab: Any) -> dict[str, dict[str, int | None]]:
     operator certificate)."""
     out: dict[str, dict[str, int | None]] = {lk["id"]: {lk["a"]: None, lk["b"]: None}
                                             for lk in lab.qkd_links}
-    with requests.Session() as s:
-        s.trust_env = False
-        s.verify = str(lab.ca)
-        s.cert = tuple(str(p) for p in lab.host_identity())
-        for km in lab.kms:
-            try:
-                body = s.get(f"{lab.km_url(km)}/healthz", timeout=5).json()
-            except (requests.RequestException, ValueError):
-                continue
-            for lid, info in (body.get("links") or {}).items():
-                if lid in out and isinstance(info, dict):
-                    bits = info.get("pool_bits")
-                    out[lid][km] = bits if isinstance(bits, int) else None
+    for km, health in lab.km_health(timeout=5).items():
+        for lid, info in ((health or {}).get("links") or {}).items():
+            if lid in out and isinstance(info, dict):
+                bits = info.get("pool_bits")
+                out[lid][km] = bits if isinstance(bits, int) else None
     return out
 
 

@@ -6,7 +6,6 @@ loopback (fake QKD modules), users managed as `qkdtwin users` does (operator req
 from __future__ import annotations
 
 import threading
-import uuid
 
 import pytest
 import requests
@@ -19,7 +18,7 @@ from qkdtwin.bus import BrokerConfig
 from qkdtwin.control.cli import ask_access
 from qkdtwin.key_manager.sessions import session_id_014
 from tests.support.control import ControlPlane, broker_cfg, make_bus, wait_for
-from tests.support.km_cluster import KmCluster, get_key_until, sae_session
+from tests.support.km_cluster import KmCluster, get_key_until, open_004_pair, sae_session
 
 pytestmark = pytest.mark.integration
 
@@ -86,16 +85,7 @@ def enc_keys(lab, sae, km, slave, number=1):
 
 
 def open_pair(lab, a, a_km, b, b_km):
-    sid = str(uuid.uuid4())
-    body = {"source": a, "destination": b, "key_stream_id": sid,
-            "qos": {"key_chunk_size": 32, "timeout": 300}}
-    r = lab["saes"][a].post(f"{url(lab, a_km)}/api/v1/qkd004/open_connect", json=body)
-    assert r.status_code == 200 and r.json()["status"] in (0, 1), r.text
-    r = lab["saes"][b].post(f"{url(lab, b_km)}/api/v1/qkd004/open_connect",
-                            json={**body, "source": b, "destination": a,
-                                  "qos": {**body["qos"], "timeout": 15000}})
-    assert r.status_code == 200 and r.json()["status"] == 0, r.text
-    return sid
+    return open_004_pair(lab["saes"][a], url(lab, a_km), a, lab["saes"][b], url(lab, b_km), b)
 
 
 # -- M6: an ETSI 004 stream cannot squat the id of an ETSI 014 pair -----------------------------

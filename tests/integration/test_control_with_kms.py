@@ -13,7 +13,7 @@ import pytest
 
 from qkdtwin import bus
 from tests.support.control import ControlPlane, make_bus, telemetry, wait_for
-from tests.support.km_cluster import KmCluster, get_key_until, sae_session
+from tests.support.km_cluster import KmCluster, get_key_until, open_004_pair, sae_session
 
 pytestmark = pytest.mark.integration
 
@@ -61,18 +61,8 @@ def view(lab):
 
 
 def open_pair(lab, a_km, a, b_km, b, **qos):
-    sid = str(uuid.uuid4())
-    body = {"source": a, "destination": b, "key_stream_id": sid,
-            "qos": {"key_chunk_size": 32, "timeout": 300, **qos}}
     url = lab["cluster"].url
-    # the first OPEN_CONNECT returns status 1 (peer not connected) after its QoS timeout
-    r1 = lab["saes"][a].post(f"{url(a_km)}/api/v1/qkd004/open_connect", json=body)
-    assert r1.status_code == 200 and r1.json()["status"] in (0, 1), r1.text
-    r2 = lab["saes"][b].post(f"{url(b_km)}/api/v1/qkd004/open_connect",
-                             json={**body, "source": b, "destination": a,
-                                   "qos": {**body["qos"], "timeout": 15000}})
-    assert r2.status_code == 200 and r2.json()["status"] == 0, r2.text
-    return sid
+    return open_004_pair(lab["saes"][a], url(a_km), a, lab["saes"][b], url(b_km), b, **qos)
 
 
 def keys(lab, km, sae, sid, indexes, patience_s=20.0):

@@ -89,9 +89,7 @@ class Lab:
         return self.sae_lab.km_url(km)
 
     def health(self, km: str) -> dict[str, Any]:
-        r = requests.get(f"{self.url(km)}/healthz", verify=str(self.sae_lab.ca), timeout=10,
-                         cert=self.sae_lab.host_identity())
-        return r.json()
+        return self.sae_lab.km_health([km], timeout=10)[km] or {}
 
     # -- nodes --
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 import re
 import threading
 import time
-import uuid
 
 import pytest
 import requests
 
 from qkdtwin.key_manager.service004 import FAULT_ENV
-from tests.support.km_cluster import get_key_until, km_lab
+from tests.support.km_cluster import get_key_until, km_lab, open_004_pair
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +35,9 @@ def url(lab, n):
 
 
 def open_stream(lab, src="sae-a0", src_km="km0", dst="sae-a1", dst_km="km1", chunk=32):
-    sid = str(uuid.uuid4())
-    body = {"source": src, "destination": dst, "key_stream_id": sid,
-            "qos": {"key_chunk_size": chunk, "timeout": 200}}
-    r = lab["saes"][src].post(f"{url(lab, src_km)}/api/v1/qkd004/open_connect", json=body)
-    assert r.status_code == 200 and r.json()["status"] in (0, 1), r.text
-    r = lab["saes"][dst].post(f"{url(lab, dst_km)}/api/v1/qkd004/open_connect",
-                              json={**body, "source": dst, "destination": src,
-                                    "qos": {**body["qos"], "timeout": 10000}})
-    assert r.status_code == 200 and r.json()["status"] == 0, r.text
-    return sid
+    return open_004_pair(lab["saes"][src], url(lab, src_km), src, lab["saes"][dst],
+                         url(lab, dst_km), dst, chunk=chunk, timeout_ms=200,
+                         peer_timeout_ms=10000)
 
 
 def test_crash_between_taking_a_chunk_and_answering_does_not_wedge_the_stream(lab):

@@ -61,6 +61,23 @@ def get_key_until(sae: requests.Session, km_url: str, key_stream_id: str,
         time.sleep(pause_s)
 
 
+def open_004_pair(src: requests.Session, src_url: str, src_sae: str,
+                  dst: requests.Session, dst_url: str, dst_sae: str, *, chunk: int = 32,
+                  timeout_ms: int = 300, peer_timeout_ms: int = 15000, **qos: Any) -> str:
+    """ETSI 004 OPEN_CONNECT at both ends of a new stream; its key_stream_id. The first
+    answers 0, or 1 (peer not connected) after its short QoS timeout; the second must be 0."""
+    sid = str(uuid.uuid4())
+    body = {"source": src_sae, "destination": dst_sae, "key_stream_id": sid,
+            "qos": {"key_chunk_size": chunk, "timeout": timeout_ms, **qos}}
+    r = src.post(f"{src_url}/api/v1/qkd004/open_connect", json=body)
+    assert r.status_code == 200 and r.json()["status"] in (0, 1), r.text
+    r = dst.post(f"{dst_url}/api/v1/qkd004/open_connect",
+                 json={**body, "source": dst_sae, "destination": src_sae,
+                       "qos": {**body["qos"], "timeout": peer_timeout_ms}})
+    assert r.status_code == 200 and r.json()["status"] == 0, r.text
+    return sid
+
+
 @contextlib.contextmanager
 def km_lab(directory: Path, ca: TestCA, users: dict, links: list[tuple[str, str]],
            ctl_kwargs: dict[str, Any] | None = None,

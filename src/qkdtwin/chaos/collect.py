@@ -18,8 +18,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from qkdtwin.chaos.invariants import AlarmMsg, KmDelivery, KmSession, KmWithdrawal
 from qkdtwin.errors import UserError
 from qkdtwin.events import load_events
@@ -95,19 +93,12 @@ def read_events(lab_dir: Path, since: float
 def health_sessions(lab: Any, states: tuple[str, ...]) -> list[KmSession]:
     """Sessions in ``states`` by each KM's /healthz (counts; one record per KM and state)."""
     out = []
-    with requests.Session() as s:
-        s.trust_env = False
-        s.verify = str(lab.ca)
-        s.cert = tuple(str(p) for p in lab.host_identity())
-        for km in lab.kms:
-            try:
-                counts = s.get(f"{lab.km_url(km)}/healthz", timeout=10).json().get("sessions")
-            except (requests.RequestException, ValueError):
-                continue
-            for state in states:
-                n = (counts or {}).get(state) or 0
-                if n:
-                    out.append(KmSession(km, f"{n} session(s) (healthz)", "", state))
+    for km, health in lab.km_health(timeout=10).items():
+        counts = (health or {}).get("sessions") or {}
+        for state in states:
+            n = counts.get(state) or 0
+            if n:
+                out.append(KmSession(km, f"{n} session(s) (healthz)", "", state))
     return out
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
 import yaml
 
 from qkdtwin.bus import BrokerConfig
@@ -137,6 +138,23 @@ class DeployedLab:
 
     def km_url(self, km: str) -> str:
         return f"https://{self.mgmt_address(km)}:{KM_PORT}"
+
+    def km_health(self, kms: list[str] | None = None,
+                  timeout: float = 5.0) -> dict[str, dict[str, Any] | None]:
+        """Each KM's /healthz (every KM by default) with the operator certificate: sessions
+        by state, link pools; None for a KM that did not answer."""
+        out: dict[str, dict[str, Any] | None] = {}
+        with requests.Session() as s:
+            s.trust_env = False  # lab addresses, never through a proxy
+            s.verify = str(self.ca)
+            s.cert = tuple(str(p) for p in self.host_identity())
+            for km in self.kms if kms is None else kms:
+                try:
+                    body = s.get(f"{self.km_url(km)}/healthz", timeout=timeout).json()
+                except (requests.RequestException, ValueError):
+                    body = None
+                out[km] = body if isinstance(body, dict) else None
+        return out
 
     def broker(self) -> dict[str, Any]:
         b = self.vars.get("qkdtwin_broker")
