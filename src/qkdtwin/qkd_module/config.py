@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,8 @@ from typing import Any
 from qkdtwin.bus import BrokerConfig
 from qkdtwin.errors import UserError
 from qkdtwin.qkd_module.peerlink import PeerTls
-from qkdtwin.quantum import keyrate
+from qkdtwin.quantum import link
+from qkdtwin.quantum.link import sifted_signal_per_pulse
 from qkdtwin.quantum.params import LinkParams
 
 DEFAULT_PEER_PORT = 7700
@@ -70,24 +70,16 @@ class ModuleConfig:
         return self.params.source_rate_hz * self.params.time_scale
 
 
-def sifted_signal_per_pulse(p: LinkParams) -> float:
-    """Expected basis-matched signal detections per pulse (from the analytic gain)."""
-    if p.protocol == "ideal":
-        return keyrate.Q_SIFT * keyrate.single_photon_yield(p)
-    share = p.intensity_classes[0][0]
-    return keyrate.Q_SIFT * share * keyrate.gain(p)
-
-
 def block_pulses(p: LinkParams) -> int:
-    """Pulses per post-processing block: enough for `block_size` expected sifted signal bits.
+    """Pulses per post-processing block (`qkdtwin.quantum.link.block_pulses`), as a user error.
 
     Fixed per link, so both ends cut the pulse stream at the same slots and the model's
     finite-size prediction is made for exactly this block (docs/quantum.md).
     """
-    per = sifted_signal_per_pulse(p)
-    if per <= 0.0:
-        raise UserError("qkd: the link's expected detection rate is zero")
-    return int(math.ceil(p.block_size / per))
+    try:
+        return link.block_pulses(p)
+    except ValueError as exc:
+        raise UserError(f"qkd: {exc}") from None
 
 
 def _req(d: dict[str, Any], key: str) -> Any:

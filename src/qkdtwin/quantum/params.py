@@ -12,6 +12,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 PROTOCOLS = ("bb84-decoy", "bb84", "ideal")
+# how a block's secret length is bounded (docs/quantum.md, "Finite-key length")
+FINITE_KEY = ("gaussian", "lim2014")
+_CHOICES = {"protocol": PROTOCOLS, "finite_key": FINITE_KEY}
 
 # The standard comparison set (Gobby, Yuan, Shields 2004; used by Lo-Ma-Chen and MQZL05).
 GYS = {
@@ -54,7 +57,9 @@ class LinkParams:
     qber_abort: float = 0.11            # abort a block whose estimated QBER exceeds this
     sample_fraction: float = 0.05       # sifted signal bits disclosed to estimate the QBER
     security_margin: int = 64           # bits removed in privacy amplification (eps_PA)
-    stat_sigmas: float = 5.0            # standard deviations in finite-size bounds
+    stat_sigmas: float = 5.0            # standard deviations in finite-size bounds (gaussian)
+    finite_key: str = "gaussian"        # gaussian: stat_sigmas; lim2014: Lim et al. 2014
+    eps_sec: float = 1e-10              # lim2014: secrecy parameter of each block's key
     time_scale: float = 1.0             # >1 makes a service run faster than real time
 
     # ------------------------------------------------------------------ derived
@@ -122,6 +127,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool, str]] = {
     "sample_fraction": (0.0, 0.5, False, True, "fraction"),
     "security_margin": (0, 1.0e6, True, True, "bits"),
     "stat_sigmas": (0.0, 20.0, True, True, "standard deviations"),
+    "eps_sec": (0.0, 0.01, False, True, "probability"),
     "time_scale": (0.0, 1.0e6, False, True, "speed-up factor"),
 }
 
@@ -147,8 +153,9 @@ def _check(d: Any, base: LinkParams | None = None) -> list[str]:
             continue
         kind = _FIELD_TYPES[name]
         if kind == "str":
-            if value not in PROTOCOLS:
-                problems.append(f"qkd.{name}: {value!r} is not one of {', '.join(PROTOCOLS)}")
+            if value not in _CHOICES[name]:
+                problems.append(
+                    f"qkd.{name}: {value!r} is not one of {', '.join(_CHOICES[name])}")
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(f"qkd.{name}: expected a number, got {value!r}")
@@ -180,7 +187,23 @@ def _check(d: Any, base: LinkParams | None = None) -> list[str]:
             )
         if merged["p_signal"] + merged["p_decoy"] > 1.0:
             problems.append("qkd.p_decoy: p_signal + p_decoy must not exceed 1")
+    if merged["finite_key"] == "lim2014":
+        problems += _lim2014_problems(merged)
     return problems
+
+
+def _lim2014_problems(m: dict[str, Any]) -> list[str]:
+    """Lim et al. need three intensities mu > nu + vacuum, each sent with some probability."""
+    if m["protocol"] != "bb84-decoy":
+        return [f"qkd.finite_key: lim2014 needs protocol bb84-decoy, not {m['protocol']!r}"]
+    out = []
+    if not m["mu"] > m["nu"] + m["vacuum"]:
+        out.append(f"qkd.mu: lim2014 needs mu > nu + vacuum, got mu {m['mu']!r}, "
+                   f"nu {m['nu']!r}, vacuum {m['vacuum']!r}")
+    if m["p_decoy"] <= 0.0 or m["p_signal"] + m["p_decoy"] >= 1.0:
+        out.append("qkd.p_decoy: lim2014 needs decoy and vacuum pulses "
+                   "(p_decoy > 0 and p_signal + p_decoy < 1)")
+    return out
 
 
 def validate_qkd_vars(d: Any) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from qkdtwin.quantum import wire
+from qkdtwin.quantum import finitekey, wire
 from qkdtwin.quantum.cascade import CascadeBob, CascadeLayout, CascadePlan, ParityOracle
 from qkdtwin.quantum.channel import AliceRecords, Detections
 from qkdtwin.quantum.estimation import Estimate, estimate
@@ -95,9 +95,15 @@ def frame_layout(n_key: int) -> tuple[int, int]:
 
 def secret_length(params: LinkParams, est: Estimate, kept_bits: int, leaked: int,
                   kept_frames: int) -> int:
-    """Bits left after privacy amplification (0 when nothing is secret)."""
+    """Bits left after privacy amplification (0 when nothing is secret).
+
+    `gaussian` (the default) takes the estimate's stat_sigmas bounds and `security_margin`;
+    `lim2014` takes Lim et al.'s finite-key bound (`qkdtwin.quantum.finitekey`)."""
     if est.aborted or kept_bits == 0:
         return 0
+    if params.finite_key == "lim2014":
+        fk = finitekey.bound(params, est.sifted, est.disclosed, est.errors, kept_bits)
+        return fk.secret_bits(leaked + TAG_BITS * kept_frames)
     raw = kept_bits * est.secret_fraction()
     length = math.floor(raw - leaked - TAG_BITS * kept_frames - params.security_margin)
     return max(length, 0)
