@@ -61,7 +61,7 @@ def test_validate_command_prints_problems_and_exits_1(path, capsys):
 def test_validate_command_ok_summary(capsys):
     assert main(["validate", str(ROOT / "labs" / "star6.clab.yml")]) == 0
     out, _ = capsys.readouterr()
-    assert "OK: lab star6, 12 nodes, 6 links (6 QKD), 4 users" in out
+    assert "OK: lab star6, 12 nodes, 6 links (6 QKD, 6 bb84), 4 users" in out
 
 
 def test_unknown_lab_is_a_user_error(tmp_path, capsys):

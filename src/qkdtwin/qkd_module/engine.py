@@ -89,16 +89,19 @@ class Engine:
         return ep is not None and not ep.closed.is_set()
 
     def _record(self, block: int, res: PartyResult) -> None:
-        outcome = _outcome(res)
         qber = res.estimate.qber if res.estimate is not None else None
-        secret = len(key_bytes(res)) * 8
+        self._record_block(block, len(key_bytes(res)) * 8, int(res.sifted_signal), qber,
+                           _outcome(res), res.reason)
+
+    def _record_block(self, block: int, secret: int, sifted: int, qber: float | None,
+                      outcome: str, reason: str) -> None:
         if outcome == "ok":
             self.last_ok_block = max(self.last_ok_block, block)
-        self.stats.block(secret, int(res.sifted_signal), qber, outcome, block)
+        self.stats.block(secret, sifted, qber, outcome, block)
         was_ok = self.stats.last_ok
         self.stats.last_ok = outcome == "ok"
         if was_ok and outcome == "aborted":
-            self.event("qkd_block_aborted", block=block, qber=qber, reason=res.reason)
+            self.event("qkd_block_aborted", block=block, qber=qber, reason=reason)
         elif not was_ok and outcome == "ok":
             self.event("qkd_key_flowing", block=block, qber=qber)
 
@@ -182,7 +185,7 @@ class Alice(Engine):
         pending = self.store.pending_blocks()
         fs_c = self._connect("classical", sid, {"first_block": first,
                                                  "block_pulses": c.block_pulses,
-                                                 "pending": pending})
+                                                 "model": c.params.model, "pending": pending})
         have = [int(b) for b in fs_c.hello.get("have", [])]  # type: ignore[attr-defined]
         self.store.resolve_pending(have, pending)
         self.store.set_meta("next_block", str(first))
@@ -415,7 +418,8 @@ class Bob(Engine):
             fs.max_frame = pl.HELLO_MAX
             hello = fs.recv()
             fs.sock.settimeout(None)
-            why = pl.check_hello(c.link, c.block_pulses, c.tls is not None, hello, tls)
+            why = pl.check_hello(c.link, c.block_pulses, c.tls is not None, hello, tls,
+                                 c.params.model)
             if why:
                 fs.send({"type": "hello_error", "message": why})
                 fs.close()
@@ -459,22 +463,25 @@ class Bob(Engine):
         fs.send({"type": "hello_ok"})
         fs.max_frame = pl.quantum_frame_max(MAX_FRAME_PULSES)
         s.quantum = fs
-        eve_cell = [self.cfg.params.eve_fraction]
-        rx = threading.Thread(target=self._receive, args=(s, eve_cell), daemon=True,
-                              name=f"rx-quantum-{c.link}")
-        s.threads.append(rx)
-        for i in range(c.max_inflight_blocks):
-            t = threading.Thread(target=self._worker, args=(s,), daemon=True,
-                                 name=f"pp-{c.link}-{i}")
-            s.threads.append(t)
-        for t in s.threads:
-            t.start()
+        self._start_receiving(s)
         self.status = "up"
         self.sessions += 1
         self.stats.session_started()
         log.info("peer session %s up (first block %d)", s.sid[:8], s.first_block,
                  extra={"link": c.link})
         self.event("qkd_peer_connected", session=s.sid[:8], first_block=s.first_block)
+
+    def _start_receiving(self, s: _BobSession) -> None:
+        """Threads that measure the channel stream and post-process its blocks."""
+        c = self.cfg
+        eve_cell = [c.params.eve_fraction]
+        s.threads.append(threading.Thread(target=self._receive, args=(s, eve_cell),
+                                          daemon=True, name=f"rx-quantum-{c.link}"))
+        for i in range(c.max_inflight_blocks):
+            s.threads.append(threading.Thread(target=self._worker, args=(s,), daemon=True,
+                                              name=f"pp-{c.link}-{i}"))
+        for t in s.threads:
+            t.start()
 
     def _watch(self, s: _BobSession) -> None:
         assert s.ep is not None

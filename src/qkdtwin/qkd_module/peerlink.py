@@ -76,7 +76,7 @@ class PeerTls:
 
 
 def check_hello(link: str, block_pulses: int, tls: bool, h: dict[str, Any],
-                over_tls: bool) -> str:
+                over_tls: bool, model: str = "bb84") -> str:
     """Why Bob (serving `link`, TLS configured or not) refuses this hello ('' when he
     accepts it); the source address was checked before the first byte was read."""
     if h.get("type") != "hello" or h.get("version") != PROTOCOL_VERSION:
@@ -90,4 +90,7 @@ def check_hello(link: str, block_pulses: int, tls: bool, h: dict[str, Any],
     if h["channel"] == "classical" and int(h.get("block_pulses", -1)) != block_pulses:
         return (f"block size mismatch: peer uses {h.get('block_pulses')} pulses per block, "
                 f"this end {block_pulses} (different vars.qkd at the two ends?)")
+    if h["channel"] == "classical" and h.get("model", "bb84") != model:
+        return (f"link model mismatch: peer runs {h.get('model')!r}, this end {model!r} "
+                f"(different vars.qkd at the two ends?)")
     return ""

@@ -12,9 +12,10 @@ from qkdtwin import bus as topics
 from qkdtwin import messages as m
 from qkdtwin.bus import Bus
 from qkdtwin.errors import UserError
+from qkdtwin.qkd_module.analytic_engine import engine_class
 from qkdtwin.qkd_module.api import ModuleApi
 from qkdtwin.qkd_module.config import ModuleConfig, parse_config
-from qkdtwin.qkd_module.engine import Alice, Bob, Engine
+from qkdtwin.qkd_module.engine import Engine
 from qkdtwin.qkd_module.stats import LinkStats
 from qkdtwin.qkd_module.store import KeyStore
 
@@ -34,7 +35,7 @@ class QkdModule:
         self.stats = LinkStats(cfg.link, cfg.pulses_per_wall_second, cfg.block_pulses,
                                cfg.params.source_rate_hz, cfg.rate_window_s)
         self.bus: Bus | None = Bus(cfg.broker, cfg.node, workers=2) if cfg.broker else None
-        cls = Alice if cfg.is_alice else Bob
+        cls = engine_class(cfg.params.model, cfg.is_alice)
         self.engine: Engine = cls(cfg, self.store, self.stats, self.event)
         self.api = ModuleApi(self.engine, self.healthz)
         self._stop = threading.Event()

@@ -103,6 +103,38 @@ def block_pulses(p: LinkParams, block_size: int | None = None) -> int:
     return int(math.ceil((block_size or p.block_size) / per))
 
 
+def _class_rates(params: LinkParams) -> list[tuple[float, float, float]]:
+    """(probability, gain, QBER) per intensity class from the analytic model."""
+    out = []
+    for prob, mean in params.intensity_classes:
+        if params.protocol == "ideal":
+            q, e = keyrate.single_photon_yield(params), keyrate.single_photon_error(params)
+        elif mean > 0:
+            q, e = keyrate.gain(params, mean), keyrate.qber(params, mean)
+        else:
+            q, e = params.dark_count_prob, 0.5
+        out.append((prob, q, e))
+    return out
+
+
+def _block_from_counts(params: LinkParams, n_pulses: int, counts: tuple[list, ...],
+                       kept_qber: float, cascade_f: float) -> dict:
+    """The post-processing's decisions on one block's counts, Cascade leaking
+    cascade_f * n * H2(kept_qber)."""
+    sent, det, sif, dis, err = counts
+    est = estimate(params, sent, det, sif, dis, err)
+    kept = sif[0] - dis[0]
+    frames, n = frame_layout(kept)
+    kept = frames * n
+    leak = math.ceil(cascade_f * kept * keyrate.h2(kept_qber))
+    secret = secret_length(params, est, kept, leak, frames)
+    seconds = n_pulses / params.source_rate_hz
+    return {"estimate": est, "sifted_signal": sif[0], "reconciled_bits": kept,
+            "leaked_bits": leak, "secret_bits": secret,
+            "secret_bps": secret / seconds if seconds else 0.0,
+            "sifted_bps": sif[0] / seconds if seconds else 0.0}
+
+
 def predict_block(params: LinkParams, n_pulses: int, *, cascade_f: float = 1.07) -> dict:
     """Expected outcome of `run_link_block` from the analytic gains and QBERs.
 
@@ -110,35 +142,40 @@ def predict_block(params: LinkParams, n_pulses: int, *, cascade_f: float = 1.07)
     formula the post-processing uses, with Cascade leaking cascade_f * n * H2(QBER). This is
     the prediction a deployed link's measured key rate should be compared with.
     """
-    sent, det, sif, dis, err = [], [], [], [], []
-    for c, (prob, mean) in enumerate(params.intensity_classes):
+    counts: tuple[list, ...] = ([], [], [], [], [])
+    for c, (prob, q, e) in enumerate(_class_rates(params)):
         s = n_pulses * prob
-        if params.protocol == "ideal":
-            q, e = keyrate.single_photon_yield(params), keyrate.single_photon_error(params)
-        elif mean > 0:
-            q, e = keyrate.gain(params, mean), keyrate.qber(params, mean)
-        else:
-            q, e = params.dark_count_prob, 0.5
         d = s * q
         sift = d / 2.0
         disc = sift * params.sample_fraction if c == 0 else sift
-        sent.append(round(s))
-        det.append(round(d))
-        sif.append(round(sift))
-        dis.append(round(disc))
-        err.append(round(disc * e))
-    est = estimate(params, sent, det, sif, dis, err)
-    kept = sif[0] - dis[0]
-    frames, n = frame_layout(kept)
-    kept = frames * n
+        for acc, v in zip(counts, (s, d, sift, disc, disc * e), strict=True):
+            acc.append(round(v))
+    dis, err = counts[3], counts[4]
     e_mu = err[0] / dis[0] if dis[0] else 0.5
-    leak = math.ceil(cascade_f * kept * keyrate.h2(e_mu))
-    secret = secret_length(params, est, kept, leak, frames)
-    seconds = n_pulses / params.source_rate_hz
-    return {"estimate": est, "sifted_signal": sif[0], "reconciled_bits": kept,
-            "leaked_bits": leak, "secret_bits": secret,
-            "secret_bps": secret / seconds if seconds else 0.0,
-            "sifted_bps": sif[0] / seconds if seconds else 0.0}
+    return _block_from_counts(params, n_pulses, counts, e_mu, cascade_f)
+
+
+def sample_block(params: LinkParams, n_pulses: int, rng: np.random.Generator, *,
+                 cascade_f: float = 1.07) -> dict:
+    """One random block's outcome without emulating it: the counts `run_link_block` would
+    announce (pulses per class, detections, sifted bits, the disclosed sample and its
+    errors) drawn from their binomial laws, then the same decisions as `predict_block`.
+
+    Its mean is the emulator's mean: the finite-size bounds are not linear in the counts,
+    so the outcome at the expected counts (`predict_block`) is a few per cent above it."""
+    rates = _class_rates(params)
+    sent = rng.multinomial(n_pulses, [r[0] for r in rates])
+    counts: tuple[list, ...] = ([], [], [], [], [])
+    for c, ((_, q, e), s) in enumerate(zip(rates, sent, strict=True)):
+        d = int(rng.binomial(s, min(q, 1.0)))
+        sift = int(rng.binomial(d, 0.5))
+        disc = (max(1, round(sift * params.sample_fraction)) if sift else 0) if c == 0 else sift
+        for acc, v in zip(counts, (int(s), d, sift, disc, int(rng.binomial(disc, e))),
+                          strict=True):
+            acc.append(v)
+    kept = counts[2][0] - counts[3][0]
+    kept_qber = rng.binomial(kept, rates[0][2]) / kept if kept > 0 else 0.5
+    return _block_from_counts(params, n_pulses, counts, kept_qber, cascade_f)
 
 
 def finite_key_rates(params: LinkParams, block_size: int | None = None) -> dict:

@@ -14,7 +14,10 @@ from typing import Any
 PROTOCOLS = ("bb84-decoy", "bb84", "ideal")
 # how a block's secret length is bounded (docs/quantum.md, "Finite-key length")
 FINITE_KEY = ("gaussian", "lim2014")
-_CHOICES = {"protocol": PROTOCOLS, "finite_key": FINITE_KEY}
+# what emulates the link (docs/quantum.md, "Link models"): bb84 runs pulses and the whole
+# post-processing; analytic hands out key at the rate the model predicts, nothing else
+MODELS = ("bb84", "analytic")
+_CHOICES = {"protocol": PROTOCOLS, "finite_key": FINITE_KEY, "model": MODELS}
 
 # The standard comparison set (Gobby, Yuan, Shields 2004; used by Lo-Ma-Chen and MQZL05).
 GYS = {
@@ -39,6 +42,7 @@ class LinkParams:
     """
 
     protocol: str = "bb84-decoy"
+    model: str = "bb84"
     length_km: float = 25.0
     attenuation_db_per_km: float = 0.21
     source_rate_hz: float = 100.0e6

@@ -273,6 +273,7 @@ def _status(lab: Lab, present: dict[str, dict[str, Any]], runtime: str) -> dict[
         "endpoints": [f"{e.node}:{e.interface}" for e in lk.endpoints],
         "ipv4": [e.ipv4 for e in lk.endpoints],
         "qkd": lk.qkd is not None,
+        "model": lk.qkd_model,
         "impairment": {k: v for k, v in lk.impairment.items() if v},
     } for lk in lab.links]
     running = sum(1 for n in nodes if n["state"] == "running")
@@ -291,8 +292,9 @@ def format_status(st: dict[str, Any]) -> str:
     lines = [f"lab {st['lab']} ({st['runtime']}): {st['state']}"]
     lines += _table(rows)
     lines.append("")
-    lrows = [("LINK", "ENDPOINTS", "IPV4", "IMPAIRMENT (netem, both ends)")]
-    lrows += [(lk["id"], " ".join(lk["endpoints"]), " ".join(a or "-" for a in lk["ipv4"]),
+    lrows = [("LINK", "ENDPOINTS", "QKD MODEL", "IPV4", "IMPAIRMENT (netem, both ends)")]
+    lrows += [(lk["id"], " ".join(lk["endpoints"]), lk.get("model") or "-",
+               " ".join(a or "-" for a in lk["ipv4"]),
                ",".join(f"{k}={v:g}" for k, v in lk["impairment"].items()) or "-")
               for lk in st["links"]]
     lines += _table(lrows)

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 
 from qkdtwin.runtime.inventory import write_inventory
 from qkdtwin.runtime.registry import add_runtime_argument, get_runtime
@@ -32,8 +33,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     users = f"{len(lab.users)} users ({lab.users_path.name})" if lab.users_path else "no users file"
     apps = sum(len(u.applications) for u in lab.users)
+    models = Counter(lk.qkd_model for lk in lab.qkd_links)
+    qkd = "".join(f", {n} {m}" for m, n in sorted(models.items()))
     print(f"{path.name}: OK: lab {lab.name}, {len(lab.nodes)} nodes, {len(lab.links)} links "
-          f"({len(lab.qkd_links)} QKD), {users}, {apps} applications")
+          f"({len(lab.qkd_links)} QKD{qkd}), {users}, {apps} applications")
     return 0
 
 

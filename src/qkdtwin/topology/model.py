@@ -60,6 +60,11 @@ class Link:
     def peer(self, node: str) -> Endpoint:
         return self.b if self.a.node == node else self.a
 
+    @property
+    def qkd_model(self) -> str | None:
+        """What emulates the QKD link (`vars.qkd.model`, default bb84); None: classical."""
+        return None if self.qkd is None else str(self.qkd.get("model", "bb84"))
+
 
 @dataclass(frozen=True)
 class Node:

@@ -66,6 +66,7 @@ def _link(lab: Lab, link: Link, per_ns_links: dict[str, dict],
         "endpoints": [f"{e.node}:{e.interface}" for e in link.endpoints],
         "ipv4": [e.ipv4 for e in link.endpoints],
         "qkd": link.qkd is not None,
+        "model": link.qkd_model,
         "state": {2: "up", 1: "partial", 0: "missing"}[ends_present],
         "impairment": declared,
         "applied": applied,
@@ -115,12 +116,13 @@ def format_status(st: dict[str, Any]) -> str:
              f"{st['bridge']['address']} {st['bridge']['state']}"]
     lines += _columns(rows)
     lines.append("")
-    lrows = [("LINK", "ENDPOINTS", "STATE", "IMPAIRMENT", "APPLIED", "NOT APPLIED")]
+    lrows = [("LINK", "ENDPOINTS", "QKD MODEL", "STATE", "IMPAIRMENT", "APPLIED", "NOT APPLIED")]
     for lk in st["links"]:
         imp = ",".join(f"{k}={v:g}" for k, v in lk["impairment"].items()) or "-"
         app = "; ".join(f"{e}:" + (",".join(f"{k}={v:g}" for k, v in a.items()) or "-")
                         for e, a in lk["applied"].items()) or "-"
-        lrows.append((lk["id"], " ".join(lk["endpoints"]), lk["state"], imp, app,
+        lrows.append((lk["id"], " ".join(lk["endpoints"]), lk.get("model") or "-", lk["state"],
+                      imp, app,
                       ",".join(lk["not_applied"]) or "-"))
     lines += _columns(lrows)
     lines += [f"WARNING: {w}" for w in st["warnings"]]
