@@ -16,6 +16,7 @@ from qkdtwin.errors import UserError
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = (
     "qkdtwin.runtime.cli",      # validate, up, down, status, inventory, deploy
+    "qkdtwin.topology.cli",     # generate
     "qkdtwin.deploy",           # deploy
     "qkdtwin.quantum.cli",      # keyrate
     "qkdtwin.control.cli",      # users
