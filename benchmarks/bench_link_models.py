@@ -6,6 +6,7 @@ and the secret key per link-second, are reported for `bb84` and `analytic`, alte
 one sitting.
 
     python benchmarks/bench_link_models.py [--seconds 20] [--repeat 2] [--rate 1e7] [--km 10]
+        [--block-size 100000] [--out benchmarks/results/link_models.json]
 """
 
 from __future__ import annotations
@@ -104,9 +105,11 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--rate", type=float, default=1e7, help="source rate in Hz")
     ap.add_argument("--km", type=float, default=10.0, help="link length")
+    ap.add_argument("--block-size", type=int, default=100000, help="sifted bits per block")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "link_models.json"))
     args = ap.parse_args()
     base = {"protocol": "bb84-decoy", "length_km": args.km, "source_rate_hz": args.rate,
-            "mu": 0.5, "nu": 0.1, "block_size": 100000}
+            "mu": 0.5, "nu": 0.1, "block_size": args.block_size}
     rows: dict[str, list[dict]] = {m: [] for m in MODELS}
     with tempfile.TemporaryDirectory(prefix="qkdtwin-bench-models-") as d:
         root = Path(d)
@@ -131,7 +134,7 @@ def main() -> int:
                        "loadavg": os.getloadavg()},
            "link": base, "seconds": args.seconds, "median": med, "bb84_over_analytic_cpu": ratio,
            "runs": rows}
-    path = ROOT / "benchmarks" / "results" / "link_models.json"
+    path = Path(args.out)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"written {path}")
     return 0
