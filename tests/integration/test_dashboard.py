@@ -153,6 +153,56 @@ def test_dashboard_synthetic_feed(page, broker, test_ca, tmp_path):
         pub.stop()
 
 
+def test_a_generated_50_node_lab_is_drawn_at_its_coordinates(page, broker, test_ca, tmp_path):
+    """A lab from `qkdtwin generate geometric --nodes 50`: the page draws every KM at its
+    place (north up), every link, and the links table lists them all."""
+    from qkdtwin.runtime.inventory import build_inventory
+    from qkdtwin.runtime.registry import get_runtime
+    from qkdtwin.topology import load_lab
+    from qkdtwin.topology.generate import Spec, generate
+
+    lab = load_lab(generate(Spec("geometric", nodes=50, area_km=150, seed=2), tmp_path)[0])
+    v = build_inventory(lab, get_runtime("netns"))["all"]["vars"]
+    nodes, links = v["qkdtwin_nodes"], v["qkdtwin_qkd_links"]
+    state = LiveState(lab.name, nodes, links)
+    host = test_ca.issue("host", ou="operator")
+    dash_bus = connect_state(state, BrokerConfig("127.0.0.1", broker.port, test_ca.ca,
+                                                 host.cert, host.key))
+    app = create_app(state, RecordedActions(), dash_bus)
+    server = Server(app, "127.0.0.1", 0).start()
+    try:
+        page.goto(f"http://127.0.0.1:{server.port}/?token={app.config['QKDTWIN_TOKEN']}")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        page.wait_for_function(f"document.querySelectorAll('#links tbody tr').length == "
+                               f"{len(links)}")
+        assert page.evaluate("document.body.dataset.layout") == "coordinates"
+        drawn = page.evaluate("Object.fromEntries(window.qkdtwinGraph.nodes().map("
+                              "(n) => [n.id(), [n.position('x'), n.position('y')]]))")
+        assert len(drawn) == 50
+        assert page.evaluate("window.qkdtwinGraph.edges().length") == len(links)
+        # drawn where the lab puts them: the same order east-west, reversed north-south,
+        # and one scale for every node
+        placed = {n: nodes[n]["pos"] for n in drawn}
+        west = min(placed, key=lambda n: placed[n][0])
+        east = max(placed, key=lambda n: placed[n][0])
+        north = max(placed, key=lambda n: placed[n][1])
+        assert drawn[west][0] < drawn[east][0] and drawn[north][1] == min(
+            p[1] for p in drawn.values())
+        scale = (drawn[east][0] - drawn[west][0]) / (placed[east][0] - placed[west][0])
+        for n, (x, y) in drawn.items():
+            assert x - drawn[west][0] == pytest.approx(scale * (placed[n][0] - placed[west][0]),
+                                                       abs=1.0)
+            assert y - drawn[north][1] == pytest.approx(
+                scale * (placed[north][1] - placed[n][1]), abs=1.0)
+        page.screenshot(path=str(tmp_path / "dashboard-50.png"))
+        if os.environ.get("QKDTWIN_UPDATE_DOCS_IMG"):
+            shutil.copy(tmp_path / "dashboard-50.png", ROOT / "docs" / "img" / "dashboard-50.png")
+        assert (tmp_path / "dashboard-50.png").stat().st_size > 20_000
+    finally:
+        server.stop()
+        dash_bus.stop()
+
+
 class RecordedActions:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []

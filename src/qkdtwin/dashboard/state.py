@@ -29,7 +29,8 @@ class LiveState:
         self._lock = threading.Lock()
         self.nodes: dict[str, dict[str, Any]] = {
             n: {"id": n, "roles": list(v.get("roles") or []), "mgmt_ipv4": v.get("mgmt_ipv4"),
-                "status": None, "last_seen": None} for n, v in nodes.items()}
+                "pos": v.get("pos"), "status": None, "last_seen": None}
+            for n, v in nodes.items()}
         self.links: dict[str, dict[str, Any]] = {}
         for lk in qkd_links:
             self.links[lk["id"]] = {

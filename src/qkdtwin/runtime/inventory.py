@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from qkdtwin.topology import BROKER_PORT, ROLES, Lab, Link
+from qkdtwin.topology import BROKER_PORT, ROLES, Lab, Link, Node
 
 INVENTORY_NAME = "ansible-inventory.yml"
 
@@ -94,8 +94,7 @@ def build_inventory(lab: Lab, runtime: InventoryRuntime, python: str | None = No
         "qkdtwin_users": [u.as_dict() for u in lab.users],
         "qkdtwin_broker": {"host": lab.broker.mgmt_ipv4, "port": BROKER_PORT},
         "qkdtwin_elements": lab.elements,
-        "qkdtwin_nodes": {n.name: {"mgmt_ipv4": n.mgmt_ipv4, "roles": list(n.roles)}
-                          for n in lab.nodes.values()},
+        "qkdtwin_nodes": {n.name: _node_vars(n) for n in lab.nodes.values()},
         "qkdtwin_qkd_links": [_qkd_link(lk) for lk in lab.qkd_links],
     }
     hosts = {name: host_vars(lab, name, runtime, python) for name in lab.nodes}
@@ -128,3 +127,15 @@ def write_inventory(lab: Lab, runtime: InventoryRuntime, python: str | None = No
         tmp.write_text(text)
         tmp.replace(path)
     return path
+
+
+def _node_vars(node: Node) -> dict[str, Any]:
+    """A node's entry of qkdtwin_nodes; `pos` (km) when its labels place it (qkdtwin generate
+    writes qkdtwin.x_km / qkdtwin.y_km; the dashboard draws the network at those places)."""
+    out: dict[str, Any] = {"mgmt_ipv4": node.mgmt_ipv4, "roles": list(node.roles)}
+    x, y = node.labels.get("qkdtwin.x_km"), node.labels.get("qkdtwin.y_km")
+    try:
+        out["pos"] = [float(x), float(y)]
+    except (TypeError, ValueError):
+        pass  # not placed (or not numbers): the dashboard lays it out itself
+    return out

@@ -51,7 +51,7 @@
 
   function buildGraph(s) {
     const kms = s.nodes.filter((n) => n.roles.includes("km"));
-    const elements = kms.map((n) => ({ data: { id: n.id, label: n.id } }))
+    const elements = kms.map((n) => ({ data: { id: n.id, label: n.id, pos: n.pos || null } }))
       .concat(s.links.map((l) => ({ data: { id: l.id, source: l.a, target: l.b, label: "" } })));
     cy = cytoscape({
       container: $("#graph"), elements: elements, wheelSensitivity: 0.2,
@@ -70,12 +70,24 @@
       layout: { name: "preset" },
     });
     layoutGraph();
+    window.qkdtwinGraph = cy;  // for the browser tests and the console
     cy.on("tap", "edge", (e) => toast(e.target.id() + ": " + e.target.data("label").replace(/\n/g, " · ")));
   }
 
   // A hub (a node linked to most others, like km0 in star6) in the middle and the others on
   // a circle, ordered so that nodes linked to each other sit side by side; else cose.
   function layoutGraph() {
+    if (cy.nodes().length && cy.nodes().every((n) => Array.isArray(n.data("pos")))) {
+      // the lab places its nodes (km): draw them there, north up, about 1000 px across
+      const xs = cy.nodes().map((n) => n.data("pos")[0]), ys = cy.nodes().map((n) => n.data("pos")[1]);
+      const span = Math.max(Math.max(...xs) - Math.min(...xs), Math.max(...ys) - Math.min(...ys), 1);
+      const k = 1000 / span;
+      cy.layout({ name: "preset", animate: false,
+                  positions: (n) => ({ x: k * n.data("pos")[0], y: -k * n.data("pos")[1] }) }).run();
+      cy.fit(undefined, 40);
+      document.body.dataset.layout = "coordinates";
+      return;
+    }
     const nodes = cy.nodes().sort((a, b) => b.degree() - a.degree());
     const hub = nodes[0];
     if (!hub || hub.degree() < 3 || hub.degree() < nodes.length - 2) {
