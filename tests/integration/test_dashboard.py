@@ -142,6 +142,20 @@ def test_dashboard_synthetic_feed(page, broker, test_ca, tmp_path):
         page.wait_for_selector("#events li[data-kind='operator_eve']", timeout=10000)
         assert actions.calls == [("km4-km5", 0.5)]
         page.click(f"#sessions tr[data-session='{sid}']")  # highlight the path
+        # filters: links in alarm only, then only the selected session's path
+        visible = ("[document.querySelectorAll('#links tbody tr').length, "
+                   "window.qkdtwinGraph.edges().filter((e) => e.visible()).length, "
+                   "window.qkdtwinGraph.nodes().filter((n) => n.visible()).length]")
+        page.select_option("#linkfilter", "alarm")
+        page.wait_for_function("document.querySelectorAll('#links tbody tr').length == 1")
+        assert page.evaluate(visible) == [1, 1, 6]
+        assert page.locator("#links tbody tr").get_attribute("data-link") == "km4-km5"
+        page.select_option("#linkfilter", "all")
+        page.check("#pathonly")
+        page.wait_for_function("document.querySelectorAll('#links tbody tr').length == 2")
+        assert page.evaluate(visible) == [2, 2, 3]  # km4-km0-km5
+        page.uncheck("#pathonly")
+        page.wait_for_function("document.querySelectorAll('#links tbody tr').length == 6")
         time.sleep(1.2)
         page.screenshot(path=str(tmp_path / "dashboard-synthetic.png"))
         if os.environ.get("QKDTWIN_KEEP_SCREENSHOT"):

@@ -183,7 +183,15 @@
       e.toggleClass("onpath", onPathLinks.has(l.id));
     });
     cy.nodes().forEach((n) => n.toggleClass("onpath", onPathNodes.has(n.id())));
-    const lt = $("#links tbody"); lt.replaceChildren.apply(lt, s.links.map(linkRow));
+    // filters: a link state, and the selected session's path (large labs)
+    const want = $("#linkfilter").value, pathOnly = $("#pathonly").checked && sel && sel.path;
+    const shown = s.links.filter((l) => (want === "all" || (want === "notup" ? l.state !== "up"
+      : l.state === want)) && (!pathOnly || onPathLinks.has(l.id)));
+    const shownIds = new Set(shown.map((l) => l.id));
+    cy.edges().forEach((e) => e.style("display", shownIds.has(e.id()) ? "element" : "none"));
+    cy.nodes().forEach((n) => n.style("display",
+      !pathOnly || onPathNodes.has(n.id()) ? "element" : "none"));
+    const lt = $("#links tbody"); lt.replaceChildren.apply(lt, shown.map(linkRow));
     const st = $("#sessions tbody"); st.replaceChildren.apply(st, s.sessions.slice().reverse().map(sessionRow));
   }
 
@@ -231,6 +239,7 @@
       $("#conn").textContent = "dashboard server not reachable"; $("#conn").className = "badge bad";
     }
   }
+  for (const id of ["#linkfilter", "#pathonly"]) $(id).onchange = () => { if (state) render(); };
   poll();
   setInterval(poll, 1000);
 })();
