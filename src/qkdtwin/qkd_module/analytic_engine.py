@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from qkdtwin.qkd_module.endpoint import Endpoint, PeerGone
-from qkdtwin.qkd_module.engine import PP_TIMEOUT_S, Alice, Bob, _BobSession
+from qkdtwin.qkd_module.engine import PP_TIMEOUT_S, Alice, Bob, BobSession
 from qkdtwin.qkd_module.framing import FramedSocket, FrameError
 from qkdtwin.quantum.analytic import (
     SEED_BYTES,
@@ -81,7 +81,7 @@ class AnalyticBob(Bob):
         self._seeds: dict[str, bytes] = {}   # session id -> seed (the newest session's)
         self._seeded = threading.Condition()
 
-    def _start_receiving(self, s: _BobSession) -> None:
+    def _start_receiving(self, s: BobSession) -> None:
         fs = s.quantum
         assert fs is not None
         fs.sock.settimeout(SEED_WAIT_S)
@@ -94,7 +94,7 @@ class AnalyticBob(Bob):
             self._seeds = {s.sid: seed}
             self._seeded.notify_all()
 
-    def _seed_of(self, s: _BobSession) -> bytes:
+    def _seed_of(self, s: BobSession) -> bytes:
         with self._seeded:
             if not self._seeded.wait_for(lambda: s.sid in self._seeds, SEED_WAIT_S):
                 raise ValueError("no seed on the quantum connection of this session")

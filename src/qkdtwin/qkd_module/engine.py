@@ -337,7 +337,9 @@ class Alice(Engine):
 
 # -------------------------------------------------------------------------------------- Bob
 
-class _BobSession:
+class BobSession:
+    """Bob's side of one peer session (its connections, queue and workers)."""
+
     def __init__(self, sid: str, first_block: int, block_pulses: int, queued: int) -> None:
         self.sid = sid
         self.first_block = first_block
@@ -356,7 +358,7 @@ class Bob(Engine):
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
-        self._session: _BobSession | None = None
+        self._session: BobSession | None = None
         self._slock = threading.Lock()
         self._listener: socket.socket | None = None
 
@@ -444,7 +446,7 @@ class Bob(Engine):
                 self._end(old, "peer opened a new session")
                 for t in old.threads:
                     t.join(timeout=PP_TIMEOUT_S)
-            s = _BobSession(str(hello["session"]), int(hello["first_block"]), c.block_pulses,
+            s = BobSession(str(hello["session"]), int(hello["first_block"]), c.block_pulses,
                             c.max_queued_blocks)
             have = self.store.has_blocks(int(b) for b in hello.get("pending", []))
             fs.send({"type": "hello_ok", "have": have})
@@ -471,7 +473,7 @@ class Bob(Engine):
                  extra={"link": c.link})
         self.event("qkd_peer_connected", session=s.sid[:8], first_block=s.first_block)
 
-    def _start_receiving(self, s: _BobSession) -> None:
+    def _start_receiving(self, s: BobSession) -> None:
         """Threads that measure the channel stream and post-process its blocks."""
         c = self.cfg
         eve_cell = [c.params.eve_fraction]
@@ -483,12 +485,12 @@ class Bob(Engine):
         for t in s.threads:
             t.start()
 
-    def _watch(self, s: _BobSession) -> None:
+    def _watch(self, s: BobSession) -> None:
         assert s.ep is not None
         s.ep.closed.wait()
         self._end(s, s.ep.error)
 
-    def _end(self, s: _BobSession, why: str) -> None:
+    def _end(self, s: BobSession, why: str) -> None:
         if s.dead.is_set():
             return
         s.dead.set()
@@ -503,7 +505,7 @@ class Bob(Engine):
             self.status = "connecting"
             self.stats.session_ended()
 
-    def _receive(self, s: _BobSession, eve_cell: list) -> None:
+    def _receive(self, s: BobSession, eve_cell: list) -> None:
         c = self.cfg
         det = BobDetector(c.params)
         n_block = s.block_pulses
@@ -539,7 +541,7 @@ class Bob(Engine):
         except (FrameError, OSError, ValueError) as exc:
             self._end(s, f"quantum channel: {exc}")
 
-    def _worker(self, s: _BobSession) -> None:
+    def _worker(self, s: BobSession) -> None:
         while not s.dead.is_set():
             try:
                 bid, det = s.queue.get(timeout=0.5)
@@ -552,7 +554,7 @@ class Bob(Engine):
                 with s.open_lock:
                     s.open.discard(bid)
 
-    def _process(self, s: _BobSession, bid: int, det: Detections) -> None:
+    def _process(self, s: BobSession, bid: int, det: Detections) -> None:
         ep = s.ep
         assert ep is not None
 
