@@ -51,7 +51,7 @@ def main() -> int:
                "detections_per_s": out.detections / seconds,
                "sifted_signal_bps": out.bob.sifted_signal / seconds,
                "secret_bps": out.secret_bits / seconds, "qber": out.estimate.qber,
-               "cascade_round_trips": out.bob.extra.get("cascade_round_trips")}
+               "reconciliation_round_trips": out.bob.extra.get("reconciliation_round_trips")}
         rows.append(row)
         print(f"{rate / 1e6:6.0f}MHz {emu:8.3f} {pp:8.3f} {total:8.3f} {cores / emu:14.1f} "
               f"{cores / total:10.1f} {row['secret_bps']:10.0f}")

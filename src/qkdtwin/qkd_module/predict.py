@@ -3,11 +3,12 @@
 `qkdtwin.quantum.link.predict_block` feeds the analytic gains and QBERs of
 `qkdtwin.quantum.keyrate` through the emulator's own finite-size choices: expected counts per
 intensity class, the same decoy estimation with `stat_sigmas` Poisson deviations, a Cascade
-leak of 1.07 n H2(QBER) (what benchmarks/bench_reconcile.py measures), 64 verification bits
-per frame and `security_margin`. A module post-processes blocks of exactly
-`block_pulses(params)` pulses, so its prediction is that function at that block size: key bits
-per block over the block's link time. A module delivers `time_scale` times that per wall
-second when its real-time factor is 1 (docs/quantum.md, "QKD module service").
+leak of 1.07 n H2(QBER) (what benchmarks/bench_reconcile.py measures) or the LDPC plan's
+syndrome bits, 64 verification bits per frame and `security_margin`. A module
+post-processes blocks of exactly `block_pulses(params)` pulses, so its prediction is that
+function at that block size: key bits per block over the block's link time. A module
+delivers `time_scale` times that per wall second when its real-time factor is 1
+(docs/quantum.md, "QKD module service").
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import numpy as np
 from qkdtwin.quantum import keyrate
 from qkdtwin.quantum.channel import AliceSource, BobDetector
 from qkdtwin.quantum.estimation import Estimate, estimate
+from qkdtwin.quantum.ldpc_reconcile import LdpcPlan
 from qkdtwin.quantum.params import FINITE_KEY, LinkParams
 from qkdtwin.quantum.postprocess import (
     AlicePostProcessor,
@@ -120,19 +121,31 @@ def _class_rates(params: LinkParams) -> list[tuple[float, float, float]]:
 def _block_from_counts(params: LinkParams, n_pulses: int, counts: tuple[list, ...],
                        kept_qber: float, cascade_f: float) -> dict:
     """The post-processing's decisions on one block's counts, Cascade leaking
-    cascade_f * n * H2(kept_qber)."""
+    cascade_f * n * H2(kept_qber); LDPC leaks what its plan for the block discloses."""
     sent, det, sif, dis, err = counts
     est = estimate(params, sent, det, sif, dis, err)
     kept = sif[0] - dis[0]
-    frames, n = frame_layout(kept)
-    kept = frames * n
-    leak = math.ceil(cascade_f * kept * keyrate.h2(kept_qber))
+    if params.reconciliation == "ldpc":
+        frames, kept, leak = _ldpc_layout(kept, est.qber)
+    else:
+        frames, n = frame_layout(kept)
+        kept = frames * n
+        leak = math.ceil(cascade_f * kept * keyrate.h2(kept_qber))
     secret = secret_length(params, est, kept, leak, frames)
     seconds = n_pulses / params.source_rate_hz
     return {"estimate": est, "sifted_signal": sif[0], "reconciled_bits": kept,
             "leaked_bits": leak, "secret_bits": secret,
             "secret_bps": secret / seconds if seconds else 0.0,
             "sifted_bps": sif[0] / seconds if seconds else 0.0}
+
+
+def _ldpc_layout(n_key: int, qber: float) -> tuple[int, int, int]:
+    """(frames, key bits, leaked bits) of the LDPC plan Bob would choose."""
+    try:
+        plan = LdpcPlan.for_block(n_key, max(qber, 1e-3), 0)
+    except ValueError:
+        return 0, 0, 0
+    return plan.frames, plan.frames * plan.k, plan.frames * plan.leak_per_frame
 
 
 def predict_block(params: LinkParams, n_pulses: int, *, cascade_f: float = 1.07) -> dict:

@@ -17,7 +17,11 @@ FINITE_KEY = ("gaussian", "lim2014")
 # what emulates the link (docs/quantum.md, "Link models"): bb84 runs pulses and the whole
 # post-processing; analytic hands out key at the rate the model predicts, nothing else
 MODELS = ("bb84", "analytic")
-_CHOICES = {"protocol": PROTOCOLS, "finite_key": FINITE_KEY, "model": MODELS}
+# how a bb84 link reconciles (docs/quantum.md, "Reconciliation"): interactive Cascade or
+# one-way LDPC syndrome decoding
+RECONCILIATION = ("cascade", "ldpc")
+_CHOICES = {"protocol": PROTOCOLS, "finite_key": FINITE_KEY, "model": MODELS,
+            "reconciliation": RECONCILIATION}
 
 # The standard comparison set (Gobby, Yuan, Shields 2004; used by Lo-Ma-Chen and MQZL05).
 GYS = {
@@ -58,6 +62,7 @@ class LinkParams:
     p_signal: float = 0.8               # probability a pulse is sent at mu (decoy protocol)
     p_decoy: float = 0.1                # at nu; the rest is vacuum
     ec_efficiency: float = 1.22         # f used by the analytic models
+    reconciliation: str = "cascade"     # cascade (interactive) or ldpc (one message a block)
     qber_abort: float = 0.11            # abort a block whose estimated QBER exceeds this
     sample_fraction: float = 0.05       # sifted signal bits disclosed to estimate the QBER
     security_margin: int = 64           # bits removed in privacy amplification (eps_PA)

@@ -9,6 +9,8 @@ carry the messages with `qkdtwin.quantum.wire`. Exchanges per block:
 2. `estimate`: Bob discloses a random sample of signal bits and all decoy/vacuum sifted bits;
    Alice answers her bits for them. Both compute the same `Estimate` (abort above threshold).
 3. `parity` (repeated): Cascade parity queries; the first one carries the `CascadePlan`.
+   Or, on a link with `reconciliation: ldpc`, one `syndrome` exchange: Bob sends the
+   `LdpcPlan`, Alice answers every frame's syndrome.
 4. `confirm`: Bob sends per-frame verification tags (polynomial hash, fresh hash key) and the
    privacy-amplification seed; Alice answers which frames match and the secret length. Both
    then compress the matching frames with the same Toeplitz matrix: identical keys or none.
@@ -25,9 +27,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from qkdtwin.quantum import finitekey, wire
-from qkdtwin.quantum.cascade import CascadeBob, CascadeLayout, CascadePlan, ParityOracle
+from qkdtwin.quantum.cascade import (
+    CascadeBob,
+    CascadeLayout,
+    CascadePlan,
+    CascadeResult,
+    ParityOracle,
+)
 from qkdtwin.quantum.channel import AliceRecords, Detections
 from qkdtwin.quantum.estimation import Estimate, estimate
+from qkdtwin.quantum.ldpc_reconcile import LdpcAlice, LdpcBob, LdpcPlan, LdpcResult
 from qkdtwin.quantum.params import LinkParams
 from qkdtwin.quantum.privacy import poly_hash, toeplitz_hash, toeplitz_seed
 
@@ -70,9 +79,9 @@ class PartyResult:
     key: np.ndarray | None           # secret bits (uint8 0/1), None when no key
     estimate: Estimate | None
     sifted_signal: int = 0           # sifted signal bits before sampling
-    reconciled_bits: int = 0         # bits that went through Cascade
+    reconciled_bits: int = 0         # bits that went through reconciliation
     kept_bits: int = 0               # bits in frames that passed verification
-    leaked_bits: int = 0             # Cascade parities of kept frames
+    leaked_bits: int = 0             # reconciliation leak of kept frames
     frames: int = 0
     frames_failed: int = 0
     corrected: int = 0               # bits Bob flipped (Bob only)
@@ -141,6 +150,7 @@ class AlicePostProcessor:
         self.rng = rng or np.random.default_rng()
         self.result: PartyResult | None = None
         self._oracle: ParityOracle | None = None
+        self._recon: tuple[np.ndarray, np.ndarray] | None = None  # key frames, leak per frame
 
     @property
     def done(self) -> bool:
@@ -187,35 +197,51 @@ class AlicePostProcessor:
         return {"type": "abort_reply"}
 
     def _on_parity(self, msg: dict) -> dict:
+        _expect(self.params, "cascade")
         if "plan" in msg:
             plan = CascadePlan.from_dict(msg["plan"])
-            bits = self._key_bits[: plan.n * plan.frames]
-            self._oracle = ParityOracle(plan, bits.reshape(plan.frames, plan.n))
+            bits = self._key_bits[: plan.n * plan.frames].reshape(plan.frames, plan.n)
+            self._oracle = ParityOracle(plan, bits)
+            self._recon = (bits, self._oracle.disclosed_per_frame)
         if self._oracle is None:
             raise ValueError("parity query before the Cascade plan")
         par = self._oracle.answer(np.asarray(msg["nodes"], np.int64))
         return {"type": "parity_reply", "parities": np.packbits(par)}
 
+    def _on_syndrome(self, msg: dict) -> dict:
+        _expect(self.params, "ldpc")
+        alice = LdpcAlice(LdpcPlan.from_dict(msg["plan"]), self._key_bits, self.rng)
+        self._recon = (alice.key, alice.disclosed_per_frame)
+        return {"type": "syndrome_reply", "syndromes": alice.packed_syndromes()}
+
     def _on_confirm(self, msg: dict) -> dict:
-        oracle = self._oracle
-        plan = oracle.layout.plan
-        key = self._key_bits[: plan.n * plan.frames].reshape(plan.frames, plan.n)
+        if self._recon is None:
+            raise ValueError("confirm before reconciliation")
+        key, disclosed = self._recon
+        frames = len(key)
         seed = int(msg["tag_seed"])
         tags = np.array([poly_hash(key[f], _tag_key(seed, f)) % (1 << TAG_BITS)
-                         for f in range(plan.frames)], np.uint64)
+                         for f in range(frames)], np.uint64)
         match = tags == np.asarray(msg["tags"], np.uint64)
         kept = key[match].ravel()
-        leaked = int(oracle.disclosed_per_frame[match].sum())
+        leaked = int(disclosed[match].sum())
         length = secret_length(self.params, self._est, len(kept), leaked, int(match.sum()))
         final = None
         if length > 0:
             final = toeplitz_hash(kept, length, toeplitz_seed(int(msg["pa_seed"]), len(kept),
                                                               length))
-        self.result = PartyResult(final, self._est, self._est.sifted[0], plan.n * plan.frames,
-                                  len(kept), leaked, plan.frames, int((~match).sum()),
+        self.result = PartyResult(final, self._est, self._est.sifted[0], key.size,
+                                  len(kept), leaked, frames, int((~match).sum()),
                                   secret_bits=length,
                                   reason="" if length > 0 else "no secret bits left")
         return {"type": "confirm_reply", "match": match, "length": length}
+
+
+def _expect(params: LinkParams, method: str) -> None:
+    """Alice reconciles only the way her own lab file says (the peer cannot choose)."""
+    if params.reconciliation != method:
+        raise ValueError(f"this link reconciles with {params.reconciliation}, "
+                         f"not {method}")
 
 
 class BobPostProcessor:
@@ -227,7 +253,7 @@ class BobPostProcessor:
         self.det = detections
         self.transport = transport
         self.rng = rng or np.random.default_rng()
-        self.cascade_round_trips = 0
+        self.reconciliation_round_trips = 0
 
     def _seed(self) -> int:
         return int(self.rng.integers(0, 2**62))
@@ -254,27 +280,12 @@ class BobPostProcessor:
         est = estimate(self.params, sent, det, sif, dis, errs)
         if est.aborted:
             return PartyResult(None, est, sif[0], reason=est.reason)
-        key_bits = bits[keep]
-        frames, n = frame_layout(len(key_bits))
-        if frames == 0:
-            t.request({"type": "abort", "reason": "too few sifted bits"})
-            return PartyResult(None, est, sif[0], reason="too few sifted bits")
-        plan = CascadePlan.for_qber(n, frames, max(est.qber, 1e-3), self._seed())
-        layout = CascadeLayout(plan)
-        first = [True]
-
-        def ask(nodes: np.ndarray) -> np.ndarray:
-            msg = {"type": "parity", "nodes": nodes}
-            if first[0]:
-                msg["plan"] = plan.to_dict()
-                first[0] = False
-            r = t.request(msg)
-            return np.unpackbits(np.asarray(r["parities"], np.uint8), count=len(nodes))
-
-        y = key_bits[: n * frames].reshape(frames, n)
-        bob = CascadeBob(plan, y, ask, layout)
-        res = bob.run()
-        self.cascade_round_trips = res.round_trips
+        res = self._reconcile(bits[keep], est)
+        if isinstance(res, str):
+            t.request({"type": "abort", "reason": res})
+            return PartyResult(None, est, sif[0], reason=res)
+        self.reconciliation_round_trips = res.round_trips
+        frames = len(res.key)
         tag_seed = self._seed()
         tags = np.array([poly_hash(res.key[f], _tag_key(tag_seed, f)) % (1 << TAG_BITS)
                          for f in range(frames)], np.uint64)
@@ -290,11 +301,38 @@ class BobPostProcessor:
         final = None
         if length > 0:
             final = toeplitz_hash(kept, length, toeplitz_seed(pa_seed, len(kept), length))
-        return PartyResult(final, est, sif[0], n * frames, len(kept), leaked, frames,
+        return PartyResult(final, est, sif[0], res.key.size, len(kept), leaked, frames,
                            int((~match).sum()), res.flips, length,
                            "" if length > 0 else "no secret bits left",
                            {"leaked_all_frames": res.leaked_bits,
-                            "cascade_round_trips": res.round_trips})
+                            "reconciliation_round_trips": res.round_trips})
+
+    def _reconcile(self, key_bits: np.ndarray, est: Estimate) -> CascadeResult | LdpcResult | str:
+        """Bob's corrected frames, or the reason there are none."""
+        qber = max(est.qber, 1e-3)
+        if self.params.reconciliation == "ldpc":
+            try:
+                plan = LdpcPlan.for_block(len(key_bits), qber, self._seed())
+            except ValueError as exc:
+                return str(exc)
+            rep = self.transport.request({"type": "syndrome", "plan": plan.to_dict()})
+            return LdpcBob(plan, key_bits, qber).decode(np.asarray(rep["syndromes"], np.uint8))
+        frames, n = frame_layout(len(key_bits))
+        if frames == 0:
+            return "too few sifted bits"
+        plan = CascadePlan.for_qber(n, frames, qber, self._seed())
+        first = [True]
+
+        def ask(nodes: np.ndarray) -> np.ndarray:
+            msg = {"type": "parity", "nodes": nodes}
+            if first[0]:
+                msg["plan"] = plan.to_dict()
+                first[0] = False
+            r = self.transport.request(msg)
+            return np.unpackbits(np.asarray(r["parities"], np.uint8), count=len(nodes))
+
+        y = key_bits[: n * frames].reshape(frames, n)
+        return CascadeBob(plan, y, ask, CascadeLayout(plan)).run()
 
 
 def new_seed() -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 from qkdtwin.errors import UserError
 from qkdtwin.topology import check_lab
-from qkdtwin.topology.generate import MODELS, SHAPES, Spec, generate, known_networks
+from qkdtwin.topology.generate import MODELS, RECONCILIATION, SHAPES, Spec, generate, known_networks
 
 
 def register(subparsers: Any) -> None:
@@ -41,6 +41,8 @@ def register(subparsers: Any) -> None:
                    help="link model of the links (analytic)")
     p.add_argument("--bb84-links", type=int, default=0,
                    help="this many links, drawn with the seed, run bb84 instead (0)")
+    p.add_argument("--reconciliation", choices=RECONCILIATION, default="cascade",
+                   help="how the bb84 links reconcile (cascade)")
     p.add_argument("--source-rate", type=float, default=10.0e6,
                    help="QKD source rate in Hz (1e7)")
     p.add_argument("--control", choices=("combined", "separate"), default="combined",
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     spec = Spec(shape=args.shape, nodes=args.nodes, seed=args.seed, name=args.name,
                 octet=args.octet, length_km=args.length_km, area_km=args.area_km,
                 degree=args.degree, model=args.model, bb84_links=args.bb84_links,
+                reconciliation=args.reconciliation,
                 source_rate_hz=args.source_rate, control=args.control, pairs=args.pairs,
                 max_hops=args.max_hops, faults=not args.no_faults)
     paths = generate(spec, Path(args.out))

@@ -20,7 +20,7 @@ import networkx as nx
 import yaml
 
 from qkdtwin.errors import UserError
-from qkdtwin.quantum.params import MODELS
+from qkdtwin.quantum.params import MODELS, RECONCILIATION
 
 SHAPES = ("ring", "grid", "star", "geometric")
 NETWORKS_DIR = Path(__file__).with_name("networks")
@@ -48,6 +48,7 @@ class Spec:
     degree: float = 3.0              # geometric: mean number of neighbours aimed at
     model: str = "analytic"
     bb84_links: int = 0              # how many links (drawn with the seed) run bb84
+    reconciliation: str = "cascade"  # of the bb84 links
     source_rate_hz: float = 10.0e6
     control: str = "combined"        # combined | separate
     pairs: int = 10
@@ -154,6 +155,9 @@ def lab_document(spec: Spec, g: nx.Graph) -> dict[str, Any]:
         raise UserError(f"--octet: {spec.octet} out of range [1, 254]")
     if spec.model not in MODELS:
         raise UserError(f"--model: {spec.model!r} is not one of {', '.join(MODELS)}")
+    if spec.reconciliation not in RECONCILIATION:
+        raise UserError(f"--reconciliation: {spec.reconciliation!r} is not one of "
+                        f"{', '.join(RECONCILIATION)}")
     if spec.control not in ("combined", "separate"):
         raise UserError(f"--control: {spec.control!r} is not combined or separate")
     net = f"172.31.{spec.octet}"
@@ -186,6 +190,8 @@ def lab_document(spec: Spec, g: nx.Graph) -> dict[str, Any]:
         qkd = {**BASE_QKD, "source_rate_hz": spec.source_rate_hz,
                "length_km": g.edges[a, b]["length_km"],
                "model": "bb84" if j in bb84 else spec.model}
+        if qkd["model"] == "bb84" and spec.reconciliation != "cascade":
+            qkd["reconciliation"] = spec.reconciliation
         links.append({"endpoints": [f"{a}:eth{ifaces[a]}", f"{b}:eth{ifaces[b]}"],
                       "vars": {"qkd": qkd, "impairment": {"delay_ms": 1}}})
     return {"name": spec.lab_name, "mgmt": {"network": f"qkdtwin-{spec.lab_name}",
@@ -309,4 +315,6 @@ def _command(spec: Spec) -> str:
     parts += [f"--seed {spec.seed}", f"--model {spec.model}", f"--pairs {spec.pairs}"]
     if spec.bb84_links:
         parts.append(f"--bb84-links {spec.bb84_links}")
+    if spec.reconciliation != "cascade":
+        parts.append(f"--reconciliation {spec.reconciliation}")
     return " ".join(parts)
