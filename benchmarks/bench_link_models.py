@@ -3,10 +3,11 @@
 (`python -m qkdtwin.qkd_module`, Alice on 127.0.0.2, Bob on 127.0.0.3, mutual TLS between
 them, no broker) run for a while; their CPU seconds (from /proc) per emulated link-second,
 and the secret key per link-second, are reported for `bb84` and `analytic`, alternately in
-one sitting.
+one sitting. With `--baseline DIR` (the `src` of another checkout, e.g. a worktree of the
+commit before issue 15) its `bb84` module runs in the same rotation as `bb84@baseline`.
 
     python benchmarks/bench_link_models.py [--seconds 20] [--repeat 2] [--rate 1e7] [--km 10]
-        [--block-size 100000] [--out benchmarks/results/link_models.json]
+        [--block-size 100000] [--baseline DIR] [--out benchmarks/results/link_models.json]
 """
 
 from __future__ import annotations
@@ -52,25 +53,27 @@ def _health(port: int) -> dict | None:
         return None
 
 
-def run_link(root: Path, ca: TestCA, qkd: dict, seconds: float) -> dict:
+def run_link(root: Path, ca: TestCA, qkd: dict, seconds: float,
+             src: Path = ROOT / "src", label: str = "") -> dict:
     """Both ends of one link for `seconds` of wall time after the first block."""
+    label = label or qkd["model"]
     peer_port = _free_port()
     procs, ports = [], []
     for side, node, peer, me, other in (("b", "km1", "km0", "127.0.0.3", "127.0.0.2"),
                                         ("a", "km0", "km1", "127.0.0.2", "127.0.0.3")):
         ident = ca.issue(node)
         port = _free_port()
-        cfg = root / f"{qkd['model']}-{node}.yml"
+        cfg = root / f"{label}-{node}.yml"
         cfg.write_text(yaml.safe_dump({
             "node": node, "link": "km0-km1", "side": side, "peer": peer, "local_ipv4": me,
             "peer_ipv4": other, "peer_port": peer_port,
             "listen": {"host": "127.0.0.1", "port": port},
-            "data_dir": str(root / f"{qkd['model']}-{node}"), "qkd": qkd,
+            "data_dir": str(root / f"{label}-{node}"), "qkd": qkd,
             "tls": {"ca": ca.ca, "cert": ident.cert, "key": ident.key}}))
-        log = open(root / f"{qkd['model']}-{node}.log", "ab")  # noqa: SIM115
+        log = open(root / f"{label}-{node}.log", "ab")  # noqa: SIM115
         procs.append(subprocess.Popen([sys.executable, "-m", "qkdtwin.qkd_module", "--config",
                                        str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                      env={**os.environ, "PYTHONPATH": str(ROOT / "src")}))
+                                      env={**os.environ, "PYTHONPATH": str(src)}))
         ports.append(port)
     try:
         deadline = time.monotonic() + 120
@@ -80,7 +83,7 @@ def run_link(root: Path, ca: TestCA, qkd: dict, seconds: float) -> dict:
                 break
             time.sleep(0.5)
         else:
-            raise SystemExit(f"{qkd['model']}: no key within 120 s (logs in {root})")
+            raise SystemExit(f"{label}: no key within 120 s (logs in {root})")
         cpu0 = sum(_cpu_s(p.pid) for p in procs)
         a0, t0 = _health(ports[1]), time.monotonic()
         time.sleep(seconds)
@@ -106,17 +109,22 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=1e7, help="source rate in Hz")
     ap.add_argument("--km", type=float, default=10.0, help="link length")
     ap.add_argument("--block-size", type=int, default=100000, help="sifted bits per block")
+    ap.add_argument("--baseline", type=Path,
+                    help="src dir of another checkout whose bb84 module runs in the rotation")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "link_models.json"))
     args = ap.parse_args()
     base = {"protocol": "bb84-decoy", "length_km": args.km, "source_rate_hz": args.rate,
             "mu": 0.5, "nu": 0.1, "block_size": args.block_size}
-    rows: dict[str, list[dict]] = {m: [] for m in MODELS}
+    runs = [(m, {**base, "model": m}, ROOT / "src") for m in MODELS]
+    if args.baseline:  # an older module may not know `model`: it only has bb84
+        runs.append(("bb84@baseline", base, args.baseline.resolve()))
+    rows: dict[str, list[dict]] = {label: [] for label, _, _ in runs}
     with tempfile.TemporaryDirectory(prefix="qkdtwin-bench-models-") as d:
         root = Path(d)
         ca = TestCA(root / "ca")
         for i in range(args.repeat):  # alternately, so both see the same machine load
-            for model in MODELS:
-                r = run_link(root, ca, {**base, "model": model}, args.seconds)
+            for model, qkd, src in runs:
+                r = run_link(root, ca, qkd, args.seconds, src, model)
                 rows[model].append(r)
                 print(f"run {i + 1} {model:8s}: {r['cpu_s_per_link_s']:.4f} CPU-s per link-s, "
                       f"real-time factor {r['realtime_factor']:.2f}, "
@@ -130,8 +138,13 @@ def main() -> int:
           f"analytic {med['analytic']['cpu_s_per_link_s']:.4f} s ({ratio:.0f}x less); "
           f"secret bit/s per link-s: bb84 {med['bb84']['secret_bps_per_link_s']:.0f}, "
           f"analytic {med['analytic']['secret_bps_per_link_s']:.0f}")
+    if args.baseline:
+        old = med["bb84@baseline"]["cpu_s_per_link_s"]
+        print(f"bb84 against the baseline: {old:.4f} -> {med['bb84']['cpu_s_per_link_s']:.4f} "
+              f"CPU-s per link-s ({old / med['bb84']['cpu_s_per_link_s']:.2f}x less)")
     out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                        "loadavg": os.getloadavg()},
+           "command": "python " + " ".join(sys.argv), "baseline": str(args.baseline or ""),
            "link": base, "seconds": args.seconds, "median": med, "bb84_over_analytic_cpu": ratio,
            "runs": rows}
     path = Path(args.out)
