@@ -126,3 +126,18 @@ def test_a_whole_block_over_the_wire_gives_identical_keys_or_none(method, misali
     if method == "ldpc" and b.frames:
         assert b.extra["reconciliation_round_trips"] == 1
         assert b.leaked_bits > 0 and math.isfinite(b.leaked_bits)
+
+
+def test_generated_labs_and_tables_name_the_ldpc_links(tmp_path, capsys):
+    from qkdtwin.cli import main
+    from qkdtwin.topology import load_lab
+    from qkdtwin.topology.generate import Spec, generate
+
+    paths = generate(Spec("ring", nodes=4, name="ldpc4", model="analytic", bb84_links=2,
+                          reconciliation="ldpc"), tmp_path)
+    lab = load_lab(paths[0])
+    assert sorted(lk.qkd_label for lk in lab.qkd_links) == ["analytic"] * 2 + ["bb84/ldpc"] * 2
+    assert all(lk.qkd.get("reconciliation", "cascade") == "cascade"
+               for lk in lab.qkd_links if lk.qkd_model == "analytic")
+    assert main(["validate", str(paths[0])]) == 0
+    assert "(4 QKD, 2 analytic, 2 bb84/ldpc)" in capsys.readouterr().out

@@ -274,6 +274,7 @@ def _status(lab: Lab, present: dict[str, dict[str, Any]], runtime: str) -> dict[
         "ipv4": [e.ipv4 for e in lk.endpoints],
         "qkd": lk.qkd is not None,
         "model": lk.qkd_model,
+        "label": lk.qkd_label,
         "impairment": {k: v for k, v in lk.impairment.items() if v},
     } for lk in lab.links]
     running = sum(1 for n in nodes if n["state"] == "running")
@@ -293,7 +294,7 @@ def format_status(st: dict[str, Any]) -> str:
     lines += _table(rows)
     lines.append("")
     lrows = [("LINK", "ENDPOINTS", "QKD MODEL", "IPV4", "IMPAIRMENT (netem, both ends)")]
-    lrows += [(lk["id"], " ".join(lk["endpoints"]), lk.get("model") or "-",
+    lrows += [(lk["id"], " ".join(lk["endpoints"]), lk.get("label") or "-",
                " ".join(a or "-" for a in lk["ipv4"]),
                ",".join(f"{k}={v:g}" for k, v in lk["impairment"].items()) or "-")
               for lk in st["links"]]

@@ -33,7 +33,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     users = f"{len(lab.users)} users ({lab.users_path.name})" if lab.users_path else "no users file"
     apps = sum(len(u.applications) for u in lab.users)
-    models = Counter(lk.qkd_model for lk in lab.qkd_links)
+    models = Counter(lk.qkd_label for lk in lab.qkd_links)
     qkd = "".join(f", {n} {m}" for m, n in sorted(models.items()))
     print(f"{path.name}: OK: lab {lab.name}, {len(lab.nodes)} nodes, {len(lab.links)} links "
           f"({len(lab.qkd_links)} QKD{qkd}), {users}, {apps} applications")

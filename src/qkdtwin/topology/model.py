@@ -65,6 +65,14 @@ class Link:
         """What emulates the QKD link (`vars.qkd.model`, default bb84); None: classical."""
         return None if self.qkd is None else str(self.qkd.get("model", "bb84"))
 
+    @property
+    def qkd_label(self) -> str | None:
+        """The model as tables show it: `bb84/ldpc` when a bb84 link reconciles with LDPC."""
+        model = self.qkd_model
+        if model == "bb84" and self.qkd and self.qkd.get("reconciliation", "cascade") != "cascade":
+            return f"{model}/{self.qkd['reconciliation']}"
+        return model
+
 
 @dataclass(frozen=True)
 class Node:

@@ -67,6 +67,7 @@ def _link(lab: Lab, link: Link, per_ns_links: dict[str, dict],
         "ipv4": [e.ipv4 for e in link.endpoints],
         "qkd": link.qkd is not None,
         "model": link.qkd_model,
+        "label": link.qkd_label,
         "state": {2: "up", 1: "partial", 0: "missing"}[ends_present],
         "impairment": declared,
         "applied": applied,
@@ -121,7 +122,7 @@ def format_status(st: dict[str, Any]) -> str:
         imp = ",".join(f"{k}={v:g}" for k, v in lk["impairment"].items()) or "-"
         app = "; ".join(f"{e}:" + (",".join(f"{k}={v:g}" for k, v in a.items()) or "-")
                         for e, a in lk["applied"].items()) or "-"
-        lrows.append((lk["id"], " ".join(lk["endpoints"]), lk.get("model") or "-", lk["state"],
+        lrows.append((lk["id"], " ".join(lk["endpoints"]), lk.get("label") or "-", lk["state"],
                       imp, app,
                       ",".join(lk["not_applied"]) or "-"))
     lines += _columns(lrows)
