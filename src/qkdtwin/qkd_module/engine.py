@@ -97,10 +97,10 @@ class Engine:
                       outcome: str, reason: str) -> None:
         if outcome == "ok":
             self.last_ok_block = max(self.last_ok_block, block)
+        before, was_ok = self.stats.last_block, self.stats.last_ok
         self.stats.block(secret, sifted, qber, outcome, block)
-        was_ok = self.stats.last_ok
         self.stats.last_ok = outcome == "ok"
-        if was_ok and outcome == "aborted":
+        if outcome == "aborted" and before != "aborted":  # also after a no-key block
             self.event("qkd_block_aborted", block=block, qber=qber, reason=reason)
         elif not was_ok and outcome == "ok":
             self.event("qkd_key_flowing", block=block, qber=qber)
