@@ -10,8 +10,9 @@
 #   4. `docker build` of images/Dockerfile.node and images/Dockerfile.broker.
 #
 # Environment: QKDTWIN_BASE (base image), QKDTWIN_DEBIAN_MIRROR, QKDTWIN_IMAGE_TAG (latest),
-# QKDTWIN_IMAGE_EXCLUDE (distributions left out of the node image, default matplotlib: only
-# the host draws figures), PYTHON (host interpreter for `pip wheel`, default .venv/bin/python).
+# QKDTWIN_IMAGE_EXCLUDE (distributions left out of the node image, default "matplotlib ldpc
+# scipy": only the host draws figures, and LDPC reconciliation with its ~300 MB of
+# dependencies runs on the netns runtime only unless this is changed), PYTHON (host interpreter for `pip wheel`, default .venv/bin/python).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,7 +23,7 @@ LOCAL_BASE=qkdtwin/base:bookworm
 BASE_RECIPE=2
 BASE=${QKDTWIN_BASE:-$LOCAL_BASE}
 TAG=${QKDTWIN_IMAGE_TAG:-latest}
-EXCLUDE=${QKDTWIN_IMAGE_EXCLUDE:-matplotlib}
+EXCLUDE=${QKDTWIN_IMAGE_EXCLUDE:-matplotlib ldpc scipy}
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 BUILD=$ROOT/build/images
 CTX=$BUILD/context

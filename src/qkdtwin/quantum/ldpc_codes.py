@@ -1,6 +1,6 @@
 """LDPC mother codes for reconciliation and their rate adaptation.
 
-A family of irregular codes, two lengths by six rates, each built from a fixed seed so both
+A family of irregular codes, two lengths by eleven rates, each built from a fixed seed so both
 ends hold the same parity-check matrix without sending it. One frame of a block is a code
 word of length n: k key bits, p punctured bits (random, unknown to Bob: they hide p bits of
 the syndrome) and s shortened bits (zero, known to both). Choosing p and s per block moves
@@ -16,10 +16,15 @@ import math
 import threading
 
 import numpy as np
-import scipy.sparse as sp
+
+MISSING = ("LDPC reconciliation needs the PyPI packages ldpc and scipy, which this "
+           "environment lacks (the container images leave them out by default: "
+           "QKDTWIN_IMAGE_EXCLUDE, docs/runtimes.md)")
 
 LENGTHS = (16_384, 65_536)
-RATES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# rates 0.05 apart, so a frame never needs more than 0.05 n punctured bits (puncturing
+# costs the decoder more than shortening)
+RATES = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 # variable-node degrees (fraction of nodes); checks as regular as the edge count allows.
 # Chosen over a few candidates for frame error rate at f 1.2-1.3 with random construction.
 VAR_DEGREES = {3: 0.75, 4: 0.10, 14: 0.15}
@@ -31,7 +36,7 @@ BP_METHOD = "product_sum"
 
 
 @functools.cache
-def parity_check(n: int, rate: float) -> sp.csr_matrix:
+def parity_check(n: int, rate: float):
     """The (n(1-rate)) x n parity-check matrix of mother code (n, rate), built by matching
     edge sockets with a seeded permutation; repeated edges are merged."""
     if n not in LENGTHS or rate not in RATES:
@@ -48,7 +53,16 @@ def parity_check(n: int, rate: float) -> sp.csr_matrix:
     rng.shuffle(chk)
     edges = np.unique(chk * n + var)
     ones = np.ones(len(edges), np.uint8)
-    return sp.csr_matrix((ones, (edges // n, edges % n)), shape=(m, n))
+    return _sparse().csr_matrix((ones, (edges // n, edges % n)), shape=(m, n))
+
+
+def _sparse():
+    """scipy.sparse, imported on first use: only LDPC links need it."""
+    try:
+        import scipy.sparse
+    except ImportError as exc:
+        raise RuntimeError(MISSING) from exc
+    return scipy.sparse
 
 
 def checks(n: int, rate: float) -> int:
@@ -68,7 +82,10 @@ _local = threading.local()
 def decoder(n: int, rate: float):
     """A belief-propagation syndrome decoder for mother code (n, rate), one per thread
     (the decoder keeps state between calls)."""
-    from ldpc import BpDecoder  # imported here: only links that reconcile with LDPC need it
+    try:
+        from ldpc import BpDecoder  # imported here: only links that reconcile with LDPC need it
+    except ImportError as exc:
+        raise RuntimeError(MISSING) from exc
 
     cache = getattr(_local, "decoders", None)
     if cache is None:
@@ -89,7 +106,7 @@ def adapt(n: int, k: int, leak: int) -> tuple[float, int, int] | None:
     disclosing `leak` bits (syndrome minus punctured); None when no mother code can.
 
     The highest-rate mother code whose syndrome is at least `leak` long is taken: it needs
-    the fewest punctured bits (at most 0.1 n with the family's spacing of rates)."""
+    the fewest punctured bits (at most 0.05 n with the family's spacing of rates)."""
     for rate in sorted(RATES, reverse=True):
         m = checks(n, rate)
         if m < leak:

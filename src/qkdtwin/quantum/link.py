@@ -11,7 +11,7 @@ import numpy as np
 from qkdtwin.quantum import keyrate
 from qkdtwin.quantum.channel import AliceSource, BobDetector
 from qkdtwin.quantum.estimation import Estimate, estimate
-from qkdtwin.quantum.ldpc_reconcile import LdpcPlan
+from qkdtwin.quantum.ldpc_reconcile import LdpcPlan, planning_qber
 from qkdtwin.quantum.params import FINITE_KEY, LinkParams
 from qkdtwin.quantum.postprocess import (
     AlicePostProcessor,
@@ -126,7 +126,7 @@ def _block_from_counts(params: LinkParams, n_pulses: int, counts: tuple[list, ..
     est = estimate(params, sent, det, sif, dis, err)
     kept = sif[0] - dis[0]
     if params.reconciliation == "ldpc":
-        frames, kept, leak = _ldpc_layout(kept, est.qber)
+        frames, kept, leak = _ldpc_layout(kept, planning_qber(est.qber, dis[0]))
     else:
         frames, n = frame_layout(kept)
         kept = frames * n

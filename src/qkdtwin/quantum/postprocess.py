@@ -36,7 +36,7 @@ from qkdtwin.quantum.cascade import (
 )
 from qkdtwin.quantum.channel import AliceRecords, Detections
 from qkdtwin.quantum.estimation import Estimate, estimate
-from qkdtwin.quantum.ldpc_reconcile import LdpcAlice, LdpcBob, LdpcPlan, LdpcResult
+from qkdtwin.quantum.ldpc_reconcile import LdpcAlice, LdpcBob, LdpcPlan, LdpcResult, planning_qber
 from qkdtwin.quantum.params import LinkParams
 from qkdtwin.quantum.privacy import poly_hash, toeplitz_hash, toeplitz_seed
 
@@ -311,6 +311,7 @@ class BobPostProcessor:
         """Bob's corrected frames, or the reason there are none."""
         qber = max(est.qber, 1e-3)
         if self.params.reconciliation == "ldpc":
+            qber = planning_qber(est.qber, est.disclosed[0])
             try:
                 plan = LdpcPlan.for_block(len(key_bits), qber, self._seed())
             except ValueError as exc:
