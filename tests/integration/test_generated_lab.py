@@ -14,14 +14,10 @@ import shutil
 
 import pytest
 
-from qkdtwin.deploy import deploy
 from qkdtwin.events import load_events
-from qkdtwin.runtime.netns.system import namespaces
-from qkdtwin.runtime.registry import get_runtime
 from qkdtwin.scenario import cli as scenario_cli
-from qkdtwin.topology import load_lab
-from qkdtwin.topology.generate import Spec, generate
-from qkdtwin.topology.labcopy import lab_lock
+from qkdtwin.topology.generate import Spec
+from tests.support.generated import deployed_generated_lab
 
 pytestmark = [
     pytest.mark.integration,
@@ -30,35 +26,25 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto"),
 ]
 
-NETNS = get_runtime("netns")
-
 
 def test_a_generated_20_node_lab_deploys_and_passes_its_scenario_with_faults(tmp_path):
-    with lab_lock("gen20"):
-        paths = generate(Spec("grid", nodes=20, name="gen20", octet=243, seed=1), tmp_path)
-        lab = load_lab(paths[0])
-        NETNS.down(lab, log=lambda _: None)  # leftovers of an interrupted earlier run
-        try:
-            lines: list[str] = []
-            assert deploy(lab.path, log=lines.append).ok, "\n".join(lines[-40:])
-            result = scenario_cli.run(str(lab.path), paths[2], log=lines.append)
-            text = "\n".join(lines[-60:])
-            assert result.ok, text
-            assert len(result.pairs) == 10
-            for p in result.pairs:
-                assert p.keys_matched == 10 and p.mismatches == 0, (p.name, text)
-            assert [f.ok for f in result.faults] == [True] * 4, text
-            eve, cut = (next(f.fault.link for f in result.faults if f.fault.action == a)
-                        for a in ("eve", "link_down"))
-            # the faults were real: monitoring raised the QBER alarm on Eve's link and saw
-            # the other one go down
-            events = list(load_events(lab.lab_dir / "events"))
-            eve_id, cut_id = ("-".join(sorted(x.split(":"), key=lambda n: int(n[2:])))
-                              for x in (eve, cut))
-            assert any(e.kind == "alarm_raised" and e.payload.get("alarm") == "qber_high"
-                       and e.payload.get("link") == eve_id for e in events), eve_id
-            assert any(e.kind == "alarm_link_down" and e.payload.get("link") == cut_id
-                       for e in events), cut_id
-        finally:
-            NETNS.down(lab, log=lambda _: None)
-        assert not [ns for ns in namespaces() if ns.startswith("clab-gen20-")]
+    spec = Spec("grid", nodes=20, name="gen20", octet=243, seed=1)
+    with deployed_generated_lab(spec, tmp_path) as (lab, paths, lines):
+        result = scenario_cli.run(str(lab.path), paths[2], log=lines.append)
+        text = "\n".join(lines[-60:])
+        assert result.ok, text
+        assert len(result.pairs) == 10
+        for p in result.pairs:
+            assert p.keys_matched == 10 and p.mismatches == 0, (p.name, text)
+        assert [f.ok for f in result.faults] == [True] * 4, text
+        eve, cut = (next(f.fault.link for f in result.faults if f.fault.action == a)
+                    for a in ("eve", "link_down"))
+        # the faults were real: monitoring raised the QBER alarm on Eve's link and saw
+        # the other one go down
+        events = list(load_events(lab.lab_dir / "events"))
+        eve_id, cut_id = ("-".join(sorted(x.split(":"), key=lambda n: int(n[2:])))
+                          for x in (eve, cut))
+        assert any(e.kind == "alarm_raised" and e.payload.get("alarm") == "qber_high"
+                   and e.payload.get("link") == eve_id for e in events), eve_id
+        assert any(e.kind == "alarm_link_down" and e.payload.get("link") == cut_id
+                   for e in events), cut_id

@@ -13,13 +13,9 @@ import shutil
 
 import pytest
 
-from qkdtwin.deploy import deploy
-from qkdtwin.runtime.netns.system import namespaces
-from qkdtwin.runtime.registry import get_runtime
 from qkdtwin.scenario import cli as scenario_cli
-from qkdtwin.topology import load_lab
-from qkdtwin.topology.generate import Spec, generate
-from qkdtwin.topology.labcopy import lab_lock
+from qkdtwin.topology.generate import Spec
+from tests.support.generated import deployed_generated_lab
 
 pytestmark = [
     pytest.mark.integration,
@@ -28,27 +24,16 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto"),
 ]
 
-NETNS = get_runtime("netns")
-
 
 def test_a_lab_reconciling_with_ldpc_delivers_identical_keys(tmp_path):
     spec = Spec("ring", nodes=3, name="ldpc3", octet=247, seed=1, model="bb84",
                 reconciliation="ldpc", source_rate_hz=5.0e6, length_km=5.0, pairs=2,
                 faults=False)
-    with lab_lock("ldpc3"):
-        paths = generate(spec, tmp_path)
-        lab = load_lab(paths[0])
+    with deployed_generated_lab(spec, tmp_path) as (lab, paths, lines):
         assert [lk.qkd["reconciliation"] for lk in lab.qkd_links] == ["ldpc"] * 3
-        NETNS.down(lab, log=lambda _: None)
-        try:
-            lines: list[str] = []
-            assert deploy(lab.path, log=lines.append).ok, "\n".join(lines[-40:])
-            result = scenario_cli.run(str(lab.path), paths[2], log=lines.append)
-            text = "\n".join(lines[-60:])
-            assert result.ok, text
-            assert sorted(p.api for p in result.pairs) == ["004", "014"]
-            for p in result.pairs:
-                assert p.keys_matched == 10 and p.mismatches == 0, (p.name, text)
-        finally:
-            NETNS.down(lab, log=lambda _: None)
-        assert not [ns for ns in namespaces() if ns.startswith("clab-ldpc3-")]
+        result = scenario_cli.run(str(lab.path), paths[2], log=lines.append)
+        text = "\n".join(lines[-60:])
+        assert result.ok, text
+        assert sorted(p.api for p in result.pairs) == ["004", "014"]
+        for p in result.pairs:
+            assert p.keys_matched == 10 and p.mismatches == 0, (p.name, text)

@@ -17,6 +17,8 @@ import threading
 
 import numpy as np
 
+from qkdtwin.quantum.keyrate import h2
+
 MISSING = ("LDPC reconciliation needs the PyPI packages ldpc and scipy, which this "
            "environment lacks (the container images leave them out by default: "
            "QKDTWIN_IMAGE_EXCLUDE, docs/runtimes.md)")
@@ -95,10 +97,6 @@ def decoder(n: int, rate: float):
                                      max_iter=MAX_ITER, bp_method=BP_METHOD,
                                      schedule="parallel")
     return cache[(n, rate)]
-
-
-def h2(q: float) -> float:
-    return 0.0 if q <= 0.0 or q >= 1.0 else -q * math.log2(q) - (1 - q) * math.log2(1 - q)
 
 
 def adapt(n: int, k: int, leak: int) -> tuple[float, int, int] | None:

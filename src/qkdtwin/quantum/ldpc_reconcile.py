@@ -29,11 +29,16 @@ KNOWN = 1e-9  # error probability the decoder assumes at shortened positions
 PLAN_SIGMAS = 2.0  # the QBER a plan is made for: the sample's estimate plus two sigmas
 
 
+def _clamp(qber: float) -> float:
+    """QBERs the plans and the decoder work with: at least 1e-3, at most 1/2."""
+    return min(max(float(qber), 1e-3), 0.5)
+
+
 def planning_qber(qber: float, disclosed: int) -> float:
     """The QBER Bob plans a block for. One-way codes cannot ask again, and the sampled
     estimate of a small block is often low (1.4 % for a true 2 % on 1,100 bits, which
     failed both frames of the block): plan for the estimate plus PLAN_SIGMAS deviations."""
-    q = min(max(float(qber), 1e-3), 0.5)
+    q = _clamp(qber)
     return min(q + PLAN_SIGMAS * math.sqrt(q * (1 - q) / max(int(disclosed), 1)), 0.5)
 
 
@@ -61,7 +66,7 @@ class LdpcPlan:
         """Frames for n_key key bits at an estimated QBER (ValueError when no code fits)."""
         if n_key < MIN_KEY_BITS:
             raise ValueError(f"{n_key} bits are too few for LDPC reconciliation")
-        q = min(max(float(qber), 1e-3), 0.5)
+        q = _clamp(qber)
         f = target_efficiency(q)
         big, small = codes.LENGTHS[-1], codes.LENGTHS[0]
         n = big if n_key >= codes.max_key_bits(big, f, q) else small
@@ -74,7 +79,7 @@ class LdpcPlan:
     @classmethod
     def for_frames(cls, k: int, frames: int, qber: float, seed: int) -> LdpcPlan:
         """`frames` frames of k key bits each, in the shortest mother code that carries k."""
-        q = min(max(float(qber), 1e-3), 0.5)
+        q = _clamp(qber)
         f = target_efficiency(q)
         for n in codes.LENGTHS:
             chosen = codes.adapt(n, k, math.ceil(f * k * codes.h2(q)))
@@ -154,7 +159,7 @@ class LdpcBob:
     def __init__(self, plan: LdpcPlan, key: np.ndarray, qber: float):
         self.plan = plan
         self.key = _frames(plan, key)
-        self.qber = min(max(float(qber), 1e-3), 0.5)
+        self.qber = _clamp(qber)
 
     def decode(self, packed: np.ndarray) -> LdpcResult:
         plan = self.plan

@@ -142,7 +142,7 @@ def _block_from_counts(params: LinkParams, n_pulses: int, counts: tuple[list, ..
 def _ldpc_layout(n_key: int, qber: float) -> tuple[int, int, int]:
     """(frames, key bits, leaked bits) of the LDPC plan Bob would choose."""
     try:
-        plan = LdpcPlan.for_block(n_key, max(qber, 1e-3), 0)
+        plan = LdpcPlan.for_block(n_key, qber, 0)
     except ValueError:
         return 0, 0, 0
     return plan.frames, plan.frames * plan.k, plan.frames * plan.leak_per_frame
