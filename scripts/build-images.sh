@@ -11,8 +11,9 @@
 #
 # Environment: QKDTWIN_BASE (base image), QKDTWIN_DEBIAN_MIRROR, QKDTWIN_IMAGE_TAG (latest),
 # QKDTWIN_IMAGE_EXCLUDE (distributions left out of the node image, default "matplotlib ldpc
-# scipy": only the host draws figures, and LDPC reconciliation with its ~300 MB of
-# dependencies runs on the netns runtime only unless this is changed), PYTHON (host interpreter for `pip wheel`, default .venv/bin/python).
+# scipy ducc0": only the host draws figures, LDPC reconciliation with its ~300 MB of
+# dependencies runs on the netns runtime only unless this is changed, and privacy
+# amplification falls back from ducc0's FFT (44 MB) to numpy's, same bits, slower), PYTHON (host interpreter for `pip wheel`, default .venv/bin/python).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +24,7 @@ LOCAL_BASE=qkdtwin/base:bookworm
 BASE_RECIPE=2
 BASE=${QKDTWIN_BASE:-$LOCAL_BASE}
 TAG=${QKDTWIN_IMAGE_TAG:-latest}
-EXCLUDE=${QKDTWIN_IMAGE_EXCLUDE:-matplotlib ldpc scipy}
+EXCLUDE=${QKDTWIN_IMAGE_EXCLUDE:-matplotlib ldpc scipy ducc0}
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 BUILD=$ROOT/build/images
 CTX=$BUILD/context

@@ -41,15 +41,28 @@ def test_cascade_plan_roundtrip_and_bad_input():
         CascadePlan.for_qber(10_000, 1, 0.02, 1, variant="nope")
 
 
-def test_toeplitz_matches_matrix_product():
-    rng = np.random.default_rng(2)
-    n, m = 300, 120
+@pytest.mark.parametrize("backend", ["numpy", "ducc0"])
+@pytest.mark.parametrize("n,m", [(300, 120), (1, 1), (997, 997), (4096, 1)])
+def test_toeplitz_matches_matrix_product(backend, n, m):
+    rng = np.random.default_rng(n + m)
     x = rng.integers(0, 2, n, dtype=np.uint8)
     s = toeplitz_seed(4, n, m)
     t = np.array([[s[i - j + n - 1] for j in range(n)] for i in range(m)])
-    assert ((t @ x) % 2 == toeplitz_hash(x, m, s)).all()
+    assert ((t @ x) % 2 == toeplitz_hash(x, m, s, backend=backend)).all()
     with pytest.raises(ValueError):
-        toeplitz_hash(x, n + 1, toeplitz_seed(1, n, n + 1))
+        toeplitz_hash(x, n + 1, toeplitz_seed(1, n, n + 1), backend=backend)
+
+
+def test_toeplitz_backends_agree_on_a_large_block_and_reject_unknown_names():
+    rng = np.random.default_rng(5)
+    n, m = 200_003, 61_234
+    x = rng.integers(0, 2, n, dtype=np.uint8)
+    s = toeplitz_seed(9, n, m)
+    ducc = toeplitz_hash(x, m, s, backend="ducc0")
+    assert (ducc == toeplitz_hash(x, m, s, backend="numpy")).all()
+    assert 0.45 < ducc.mean() < 0.55
+    with pytest.raises(ValueError, match="unknown privacy amplification backend"):
+        toeplitz_hash(x, m, s, backend="fftw")
 
 
 def test_poly_hash_separates_keys():
