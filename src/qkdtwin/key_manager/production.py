@@ -38,6 +38,14 @@ class KeyProduction(Part):
             self.ready.add(s, size, -len(keys))
         return keys
 
+    def affordable_keys(self, s: Session, size: int) -> int:
+        """How many keys of ``size`` bits the session's first link pool pays for right now
+        (one relay message: the keys and a MAC key); unbounded with no link to cross."""
+        e = self.forwarding.get(s.session_id)
+        if e is None or e.next_hop is None or e.next_hop not in self.pool_by_peer:
+            return 1 << 30
+        return max(0, self.pool_by_peer[e.next_hop].own_bytes() - rl.MAC_KEY_BYTES) // (size // 8)
+
     def produce(self, s: Session, n: int, size: int, prefetch: bool) -> Job:
         """Queue the making (and relay) of ``n`` keys of ``size`` bits; the job is done when
         they are ready or have failed (``job.error``)."""

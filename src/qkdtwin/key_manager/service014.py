@@ -138,7 +138,12 @@ class Etsi014Service(Part):
                     raise KmError("unavailable", "the relay of keys towards the slave's KM"
                                   " did not go through in time; retry later")
                 return []
-            extra = self.cfg.prefetch_keys if size == s.key_size else 0
+            # the keys asked for plus, as far as the link's pool pays for them now, the ones
+            # kept ready: a request that waited for 64 more keys starved on slow links
+            extra = 0
+            if size == s.key_size:
+                extra = min(self.cfg.prefetch_keys,
+                            max(0, self.production.affordable_keys(s, size) - number))
             job = self.production.produce(s, number + extra, size, prefetch=False)
             if not job.done.wait(left):
                 job.cancelled = True
