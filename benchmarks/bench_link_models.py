@@ -2,9 +2,10 @@
 """CPU cost of one QKD link per link model: the two real module processes of a link
 (`python -m qkdtwin.qkd_module`, Alice on 127.0.0.2, Bob on 127.0.0.3, mutual TLS between
 them, no broker) run for a while; their CPU seconds (from /proc) per emulated link-second,
-and the secret key per link-second, are reported for `bb84` and `analytic`, alternately in
-one sitting. With `--baseline DIR` (the `src` of another checkout, e.g. a worktree of the
-commit before issue 15) its `bb84` module runs in the same rotation as `bb84@baseline`.
+and the secret key per link-second, are reported for `bb84`, `statistical` and `analytic`,
+alternately in one sitting. With `--baseline DIR` (the `src` of another checkout, e.g. a
+worktree of the commit before issue 15) its `bb84` module runs in the same rotation as
+`bb84@baseline`.
 
     python benchmarks/bench_link_models.py [--seconds 20] [--repeat 2] [--rate 1e7] [--km 10]
         [--block-size 100000] [--baseline DIR] [--out benchmarks/results/link_models.json]
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from qkdtwin.testbed.pki import TestCA  # noqa: E402
 
-MODELS = ("bb84", "analytic")
+MODELS = ("bb84", "statistical", "analytic")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -126,7 +127,7 @@ def main() -> int:
             for model, qkd, src in runs:
                 r = run_link(root, ca, qkd, args.seconds, src, model)
                 rows[model].append(r)
-                print(f"run {i + 1} {model:8s}: {r['cpu_s_per_link_s']:.4f} CPU-s per link-s, "
+                print(f"run {i + 1} {model:11s}: {r['cpu_s_per_link_s']:.4f} CPU-s per link-s, "
                       f"real-time factor {r['realtime_factor']:.2f}, "
                       f"{r['secret_bps_per_link_s']:.0f} secret bit/s, QBER {r['qber']:.4f}",
                       flush=True)
@@ -134,10 +135,10 @@ def main() -> int:
                ("cpu_s_per_link_s", "secret_bps_per_link_s", "realtime_factor")}
            for m, v in rows.items()}
     ratio = med["bb84"]["cpu_s_per_link_s"] / med["analytic"]["cpu_s_per_link_s"]
-    print(f"median CPU per link-second: bb84 {med['bb84']['cpu_s_per_link_s']:.4f} s, "
-          f"analytic {med['analytic']['cpu_s_per_link_s']:.4f} s ({ratio:.0f}x less); "
-          f"secret bit/s per link-s: bb84 {med['bb84']['secret_bps_per_link_s']:.0f}, "
-          f"analytic {med['analytic']['secret_bps_per_link_s']:.0f}")
+    print("median CPU per link-second: " + ", ".join(
+        f"{m} {med[m]['cpu_s_per_link_s']:.4f} s" for m in MODELS)
+        + f" (analytic {ratio:.0f}x less than bb84); secret bit/s per link-s: " + ", ".join(
+        f"{m} {med[m]['secret_bps_per_link_s']:.0f}" for m in MODELS))
     if args.baseline:
         old = med["bb84@baseline"]["cpu_s_per_link_s"]
         print(f"bb84 against the baseline: {old:.4f} -> {med['bb84']['cpu_s_per_link_s']:.4f} "
@@ -146,6 +147,8 @@ def main() -> int:
                        "loadavg": os.getloadavg()},
            "command": "python " + " ".join(sys.argv), "baseline": str(args.baseline or ""),
            "link": base, "seconds": args.seconds, "median": med, "bb84_over_analytic_cpu": ratio,
+           "bb84_over_statistical_cpu": med["bb84"]["cpu_s_per_link_s"]
+           / med["statistical"]["cpu_s_per_link_s"],
            "runs": rows}
     path = Path(args.out)
     path.write_text(json.dumps(out, indent=2) + "\n")

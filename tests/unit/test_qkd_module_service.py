@@ -118,9 +118,9 @@ def keys_of(r: requests.Response) -> dict[str, bytes]:
     return {k["key_ID"]: base64.b64decode(k["key"]) for k in r.json()["keys"]}
 
 
-# every test of a running link runs for both link models: the analytic one must behave the
-# same at the module's interfaces (ETSI 014, telemetry, Eve, restarts)
-@pytest.fixture(scope="module", params=["bb84", "analytic"])
+# every test of a running link runs for every link model: statistical and analytic must
+# behave the same at the module's interfaces (ETSI 014, telemetry, Eve, restarts)
+@pytest.fixture(scope="module", params=["bb84", "statistical", "analytic"])
 def link(request, tmp_path_factory, test_ca):
     root = tmp_path_factory.mktemp(f"qkdlink-{request.param}")
     broker = TestBroker(root / "broker", test_ca, acl=KM_ACL).start()
@@ -431,7 +431,7 @@ def frames_read_by_a_sniffer(stream: bytes) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("model", ["bb84", "analytic"])
+@pytest.mark.parametrize("model", ["bb84", "statistical", "analytic"])
 def test_a_passive_listener_on_the_link_cannot_read_the_quantum_channel(tmp_path, test_ca,
                                                                         model):
     port = free_port()
@@ -452,8 +452,9 @@ def test_a_passive_listener_on_the_link_cannot_read_the_quantum_channel(tmp_path
         # each would hand over Alice's bit and basis of every detected slot: the raw key
         assert not frames, f"the sniffer read {sum(len(f['state']) for f in frames)} " \
                            f"photon states (bit, basis) in {len(frames)} channel frames"
-        # nor the analytic link's seed, from which both ends derive the key
-        assert not [m for m in msgs if m.get("type") == "seed"]
+        # nor the analytic link's seed, from which both ends derive the key, nor the
+        # statistical link's sifted bits
+        assert not [m for m in msgs if m.get("type") in ("seed", "sifted")]
         if model == "bb84":
             assert max(len(st) for st in tap.streams) > 100_000  # the quantum stream went by
     finally:

@@ -71,7 +71,7 @@ def test_both_ends_derive_the_same_key_and_each_block_its_own():
 def test_model_choice_is_validated_and_checked_between_the_two_ends():
     assert validate_qkd_vars({"model": "analytic"}) == []
     assert validate_qkd_vars({"model": "fast"}) == [
-        "qkd.model: 'fast' is not one of bb84, analytic"]
+        "qkd.model: 'fast' is not one of bb84, statistical, analytic"]
     hello = {"type": "hello", "version": PROTOCOL_VERSION, "link": "km0-km1",
              "channel": "classical", "block_pulses": 1000, "model": "bb84"}
     assert check_hello("km0-km1", 1000, True, hello, False, "bb84") == ""

@@ -19,6 +19,7 @@ from typing import Any
 from qkdtwin.qkd_module.endpoint import Endpoint, PeerGone
 from qkdtwin.qkd_module.engine import PP_TIMEOUT_S, Alice, Bob, BobSession
 from qkdtwin.qkd_module.framing import FramedSocket, FrameError
+from qkdtwin.qkd_module.statistical_engine import StatisticalAlice, StatisticalBob
 from qkdtwin.quantum.analytic import (
     SEED_BYTES,
     AnalyticBlock,
@@ -126,6 +127,7 @@ class AnalyticBob(Bob):
 
 def engine_class(model: str, alice: bool) -> type[Alice] | type[Bob]:
     """The engine of one link end for the link's model."""
-    if model == "analytic":
-        return AnalyticAlice if alice else AnalyticBob
-    return Alice if alice else Bob
+    engines = {"analytic": (AnalyticAlice, AnalyticBob),
+               "statistical": (StatisticalAlice, StatisticalBob)}
+    a, b = engines.get(model, (Alice, Bob))
+    return a if alice else b

@@ -21,6 +21,7 @@ from qkdtwin.quantum.postprocess import (
     frame_layout,
     secret_length,
 )
+from qkdtwin.quantum.statistical import class_rates, draw_sifted_block
 
 FRAME_PULSES = 10_000_000  # pulses per emitted channel frame
 
@@ -74,18 +75,37 @@ def run_link_block(params: LinkParams, n_pulses: int,
     t0 = time.process_time()
     dets = emulate(params, n_pulses, alice, bob)
     t1 = time.process_time()
-    a_rec = alice.take()
-    b_det = bob.take()
-    a_pp = AlicePostProcessor(params, a_rec, np.random.default_rng(seeds[2]))
+    return _post_process(params, n_pulses, alice.take(), bob.take(), seeds[2:], dets, t1 - t0,
+                         serialize)
+
+
+def run_statistical_block(params: LinkParams, n_pulses: int,
+                          rng: np.random.Generator | None = None, *,
+                          serialize: bool = False) -> BlockOutcome:
+    """One block of the `statistical` model: sifted strings drawn from the decoy model's
+    gains and QBERs (`statistical.draw_sifted_block`), then the same post-processing."""
+    rng = rng or np.random.default_rng()
+    seeds = rng.integers(0, 2**62, 3)
+    t0 = time.process_time()
+    block = draw_sifted_block(params, n_pulses, np.random.default_rng(seeds[0]))
+    t1 = time.process_time()
+    return _post_process(params, n_pulses, block.alice, block.bob, seeds[1:],
+                         sum(block.bob.det), t1 - t0, serialize)
+
+
+def _post_process(params: LinkParams, n_pulses: int, alice_side, bob_side, seeds,
+                  dets: int, quantum_cpu_s: float, serialize: bool) -> BlockOutcome:
+    t1 = time.process_time()
+    a_pp = AlicePostProcessor(params, alice_side, np.random.default_rng(seeds[0]))
     transport = LocalTransport(a_pp.handle, serialize=serialize)
-    b_pp = BobPostProcessor(params, b_det, transport, np.random.default_rng(seeds[3]))
+    b_pp = BobPostProcessor(params, bob_side, transport, np.random.default_rng(seeds[1]))
     b_res = b_pp.run()
     t2 = time.process_time()
     a_res = a_pp.result or PartyResult(None, b_res.estimate, reason=b_res.reason)
     true_qber = b_res.corrected / b_res.reconciled_bits if b_res.reconciled_bits else float("nan")
     return BlockOutcome(a_res.key, b_res.key, b_res.estimate, int(n_pulses), dets, a_res, b_res,
                         transport.round_trips, transport.bytes_sent + transport.bytes_received,
-                        t1 - t0, t2 - t1, true_qber)
+                        quantum_cpu_s, t2 - t1, true_qber)
 
 
 def sifted_signal_per_pulse(p: LinkParams) -> float:
@@ -102,20 +122,6 @@ def block_pulses(p: LinkParams, block_size: int | None = None) -> int:
     if per <= 0.0:
         raise ValueError("the link's expected detection rate is zero")
     return int(math.ceil((block_size or p.block_size) / per))
-
-
-def _class_rates(params: LinkParams) -> list[tuple[float, float, float]]:
-    """(probability, gain, QBER) per intensity class from the analytic model."""
-    out = []
-    for prob, mean in params.intensity_classes:
-        if params.protocol == "ideal":
-            q, e = keyrate.single_photon_yield(params), keyrate.single_photon_error(params)
-        elif mean > 0:
-            q, e = keyrate.gain(params, mean), keyrate.qber(params, mean)
-        else:
-            q, e = params.dark_count_prob, 0.5
-        out.append((prob, q, e))
-    return out
 
 
 def _block_from_counts(params: LinkParams, n_pulses: int, counts: tuple[list, ...],
@@ -156,7 +162,7 @@ def predict_block(params: LinkParams, n_pulses: int, *, cascade_f: float = 1.07)
     the prediction a deployed link's measured key rate should be compared with.
     """
     counts: tuple[list, ...] = ([], [], [], [], [])
-    for c, (prob, q, e) in enumerate(_class_rates(params)):
+    for c, (prob, q, e) in enumerate(class_rates(params)):
         s = n_pulses * prob
         d = s * q
         sift = d / 2.0
@@ -176,7 +182,7 @@ def sample_block(params: LinkParams, n_pulses: int, rng: np.random.Generator, *,
 
     Its mean is the emulator's mean: the finite-size bounds are not linear in the counts,
     so the outcome at the expected counts (`predict_block`) is a few per cent above it."""
-    rates = _class_rates(params)
+    rates = class_rates(params)
     sent = rng.multinomial(n_pulses, [r[0] for r in rates])
     counts: tuple[list, ...] = ([], [], [], [], [])
     for c, ((_, q, e), s) in enumerate(zip(rates, sent, strict=True)):

@@ -15,8 +15,9 @@ PROTOCOLS = ("bb84-decoy", "bb84", "ideal")
 # how a block's secret length is bounded (docs/quantum.md, "Finite-key length")
 FINITE_KEY = ("gaussian", "lim2014")
 # what emulates the link (docs/quantum.md, "Link models"): bb84 runs pulses and the whole
-# post-processing; analytic hands out key at the rate the model predicts, nothing else
-MODELS = ("bb84", "analytic")
+# post-processing; statistical draws the sifted strings and runs the post-processing;
+# analytic hands out key at the rate the model predicts, nothing else
+MODELS = ("bb84", "statistical", "analytic")
 # how a bb84 link reconciles (docs/quantum.md, "Reconciliation"): interactive Cascade or
 # one-way LDPC syndrome decoding
 RECONCILIATION = ("cascade", "ldpc")

@@ -5,7 +5,8 @@ step is one request/reply, so a networked module can run each side in its own pr
 carry the messages with `qkdtwin.quantum.wire`. Exchanges per block:
 
 1. `sift`: Bob announces detected slots and his bases; Alice answers her bases, the
-   intensity class of each slot and the pulses sent per class.
+   intensity class of each slot and the pulses sent per class. (Not on a `statistical`
+   link: its blocks are drawn sifted, `qkdtwin.quantum.statistical`.)
 2. `estimate`: Bob discloses a random sample of signal bits and all decoy/vacuum sifted bits;
    Alice answers her bits for them. Both compute the same `Estimate` (abort above threshold).
 3. `parity` (repeated): Cascade parity queries; the first one carries the `CascadePlan`.
@@ -39,6 +40,7 @@ from qkdtwin.quantum.estimation import Estimate, estimate
 from qkdtwin.quantum.ldpc_reconcile import LdpcAlice, LdpcBob, LdpcPlan, LdpcResult, planning_qber
 from qkdtwin.quantum.params import LinkParams
 from qkdtwin.quantum.privacy import poly_hash, toeplitz_hash, toeplitz_seed
+from qkdtwin.quantum.statistical import SiftedHalf
 
 FRAME_BITS = 10_000   # Cascade frame length (f and FER are quoted for this size)
 TAG_BITS = 64         # verification tag disclosed per frame
@@ -130,20 +132,23 @@ def _split_sifted(params: LinkParams, cls: np.ndarray, seed: int) -> tuple[np.nd
     return disclosed, sig[~pick]
 
 
-def _counts(det_cls: np.ndarray, sifted_cls: np.ndarray, disc_cls: np.ndarray,
+def _counts(det: list[int], sifted_cls: np.ndarray, disc_cls: np.ndarray,
             disc_err: np.ndarray) -> tuple[list, list, list, list]:
     """Detections, sifted, disclosed and erroneous disclosed bits per intensity class."""
-    det = np.bincount(det_cls, minlength=3)[:3].tolist()
     sif = np.bincount(sifted_cls, minlength=3)[:3].tolist()
     dis = np.bincount(disc_cls, minlength=3)[:3].tolist()
     err = np.bincount(disc_cls, weights=disc_err, minlength=3)[:3].astype(int).tolist()
-    return det, sif, dis, err
+    return list(det), sif, dis, err
+
+
+def _detections(det_cls: np.ndarray) -> list[int]:
+    return np.bincount(det_cls, minlength=3)[:3].tolist()
 
 
 class AlicePostProcessor:
     """Alice's side: a message handler. `result` is set when the block is finished."""
 
-    def __init__(self, params: LinkParams, records: AliceRecords,
+    def __init__(self, params: LinkParams, records: AliceRecords | SiftedHalf,
                  rng: np.random.Generator | None = None):
         self.params = params
         self.records = records
@@ -151,6 +156,14 @@ class AlicePostProcessor:
         self.result: PartyResult | None = None
         self._oracle: ParityOracle | None = None
         self._recon: tuple[np.ndarray, np.ndarray] | None = None  # key frames, leak per frame
+        if isinstance(records, SiftedHalf):  # a statistical block: sifted already
+            self._sifted(records.det, records.cls, records.bits, records.sent)
+
+    def _sifted(self, det: list[int], cls: np.ndarray, bits: np.ndarray, sent: list) -> None:
+        self._det = det
+        self._cls = cls
+        self._bits = bits
+        self._sent = [int(x) for x in sent]
 
     @property
     def done(self) -> bool:
@@ -165,6 +178,8 @@ class AlicePostProcessor:
 
     def _on_sift(self, msg: dict) -> dict:
         rec = self.records
+        if isinstance(rec, SiftedHalf):
+            raise ValueError("this block was drawn sifted (statistical link): nothing to sift")
         if int(msg["first_slot"]) != rec.first_slot or int(msg["end_slot"]) != rec.end_slot:
             raise ValueError(f"block slots [{msg['first_slot']}, {msg['end_slot']}) do not match "
                              f"Alice's records [{rec.first_slot}, {rec.end_slot})")
@@ -172,10 +187,7 @@ class AlicePostProcessor:
         bob_basis = np.unpackbits(np.asarray(msg["basis"], np.uint8), count=len(slots))
         cls, bit, basis = rec.lookup(slots, self.rng)
         match = basis == bob_basis
-        self._det_cls = cls
-        self._cls = cls[match]
-        self._bits = bit[match]
-        self._sent = rec.sent.tolist()
+        self._sifted(_detections(cls), cls[match], bit[match], rec.sent.tolist())
         return {"type": "sift_reply", "basis": np.packbits(basis), "cls": cls,
                 "sent": self._sent}
 
@@ -184,8 +196,7 @@ class AlicePostProcessor:
         bob_bits = np.unpackbits(np.asarray(msg["bits"], np.uint8), count=len(disclosed))
         mine = self._bits[disclosed]
         err = (mine != bob_bits).astype(np.int64)
-        det, sif, dis, errs = _counts(self._det_cls, self._cls,
-                                      self._cls[disclosed], err)
+        det, sif, dis, errs = _counts(self._det, self._cls, self._cls[disclosed], err)
         self._est = estimate(self.params, self._sent, det, sif, dis, errs)
         self._key_bits = self._bits[keep]
         if self._est.aborted:
@@ -247,8 +258,8 @@ def _expect(params: LinkParams, method: str) -> None:
 class BobPostProcessor:
     """Bob's side: drives the block's post-processing over a transport."""
 
-    def __init__(self, params: LinkParams, detections: Detections, transport: Transport,
-                 rng: np.random.Generator | None = None):
+    def __init__(self, params: LinkParams, detections: Detections | SiftedHalf,
+                 transport: Transport, rng: np.random.Generator | None = None):
         self.params = params
         self.det = detections
         self.transport = transport
@@ -258,17 +269,23 @@ class BobPostProcessor:
     def _seed(self) -> int:
         return int(self.rng.integers(0, 2**62))
 
-    def run(self) -> PartyResult:
+    def _sift(self) -> tuple[list[int], np.ndarray, np.ndarray, list[int]]:
+        """Detections per class, the sifted bits' classes, Bob's sifted bits, pulses sent."""
         d = self.det
-        t = self.transport
-        rep = t.request({"type": "sift", "first_slot": d.first_slot, "end_slot": d.end_slot,
-                         "positions": d.positions, "basis": np.packbits(d.basis)})
+        if isinstance(d, SiftedHalf):  # a statistical block: sifted already
+            return d.det, d.cls, d.bits, d.sent
+        rep = self.transport.request({"type": "sift", "first_slot": d.first_slot,
+                                      "end_slot": d.end_slot, "positions": d.positions,
+                                      "basis": np.packbits(d.basis)})
         alice_basis = np.unpackbits(np.asarray(rep["basis"], np.uint8), count=len(d.positions))
         det_cls = np.asarray(rep["cls"], np.uint8)
         match = alice_basis == d.basis
-        cls = det_cls[match]
-        bits = d.bit[match]
-        sent = [int(x) for x in rep["sent"]]
+        return (_detections(det_cls), det_cls[match], d.bit[match],
+                [int(x) for x in rep["sent"]])
+
+    def run(self) -> PartyResult:
+        t = self.transport
+        det_counts, cls, bits, sent = self._sift()
         # estimation on a disclosed sample
         sample_seed = self._seed()
         disclosed, keep = _split_sifted(self.params, cls, sample_seed)
@@ -276,7 +293,7 @@ class BobPostProcessor:
                          "bits": np.packbits(bits[disclosed])})
         alice_bits = np.unpackbits(np.asarray(rep["bits"], np.uint8), count=len(disclosed))
         err = (alice_bits != bits[disclosed]).astype(np.int64)
-        det, sif, dis, errs = _counts(det_cls, cls, cls[disclosed], err)
+        det, sif, dis, errs = _counts(det_counts, cls, cls[disclosed], err)
         est = estimate(self.params, sent, det, sif, dis, errs)
         if est.aborted:
             return PartyResult(None, est, sif[0], reason=est.reason)

@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--bb84-links", type=int, default=0,
                    help="this many links, drawn with the seed, run bb84 instead (0)")
     p.add_argument("--reconciliation", choices=RECONCILIATION, default="cascade",
-                   help="how the bb84 links reconcile (cascade)")
+                   help="how the bb84 and statistical links reconcile (cascade)")
     p.add_argument("--source-rate", type=float, default=10.0e6,
                    help="QKD source rate in Hz (1e7)")
     p.add_argument("--control", choices=("combined", "separate"), default="combined",

@@ -48,7 +48,7 @@ class Spec:
     degree: float = 3.0              # geometric: mean number of neighbours aimed at
     model: str = "analytic"
     bb84_links: int = 0              # how many links (drawn with the seed) run bb84
-    reconciliation: str = "cascade"  # of the bb84 links
+    reconciliation: str = "cascade"  # of the links that reconcile (bb84, statistical)
     source_rate_hz: float = 10.0e6
     control: str = "combined"        # combined | separate
     pairs: int = 10
@@ -190,7 +190,7 @@ def lab_document(spec: Spec, g: nx.Graph) -> dict[str, Any]:
         qkd = {**BASE_QKD, "source_rate_hz": spec.source_rate_hz,
                "length_km": g.edges[a, b]["length_km"],
                "model": "bb84" if j in bb84 else spec.model}
-        if qkd["model"] == "bb84" and spec.reconciliation != "cascade":
+        if qkd["model"] != "analytic" and spec.reconciliation != "cascade":
             qkd["reconciliation"] = spec.reconciliation
         links.append({"endpoints": [f"{a}:eth{ifaces[a]}", f"{b}:eth{ifaces[b]}"],
                       "vars": {"qkd": qkd, "impairment": {"delay_ms": 1}}})

@@ -67,10 +67,12 @@ class Link:
 
     @property
     def qkd_label(self) -> str | None:
-        """The model as tables show it: `bb84/ldpc` when a bb84 link reconciles with LDPC."""
+        """The model as tables show it: `bb84/ldpc` when a bb84 (or statistical) link
+        reconciles with LDPC."""
         model = self.qkd_model
-        if model == "bb84" and self.qkd and self.qkd.get("reconciliation", "cascade") != "cascade":
-            return f"{model}/{self.qkd['reconciliation']}"
+        method = (self.qkd or {}).get("reconciliation", "cascade")
+        if model in ("bb84", "statistical") and method != "cascade":
+            return f"{model}/{method}"
         return model
 
 
